@@ -1,0 +1,248 @@
+//! The backend pool: every backend the proxy knows, shared by all threads.
+//!
+//! Workers read the pool on every request, the health thread flips backends UP and
+//! DOWN, and the admin thread adds and removes them. So the list itself is a
+//! copy-on-write snapshot (`Arc<[Arc<Backend>]>` behind a `parking_lot::RwLock`):
+//! a change builds a new slice and swaps it in, and readers never wait on a writer
+//! for longer than an `Arc` clone. Workers go one step further and keep their own
+//! copy of the snapshot, refreshing it only when [`Pool::version`] moves, so the
+//! request path reads one atomic instead of taking the lock.
+//!
+//! Everything that changes per request lives in atomics on the [`Backend`] itself:
+//! liveness, the in-flight count (through the [`InFlight`] guard), and counters.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::config::{BackendSpec, BackendUrl};
+
+/// The status classes counted per backend: 1xx, 2xx, 3xx, 4xx, 5xx.
+pub const STATUS_CLASSES: usize = 5;
+
+/// One backend server and its live state.
+#[derive(Debug)]
+pub struct Backend {
+    /// Unique for the life of the process, never reused, so a worker's per-backend
+    /// tables can tell a re-added URL from the backend that was removed.
+    pub id: u64,
+    pub url: BackendUrl,
+    pub weight: u32,
+    /// The address connections go to. Written by the health thread when DNS moves;
+    /// read once per new backend connection (not per request).
+    addr: RwLock<Option<SocketAddr>>,
+    alive: AtomicBool,
+    removed: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Responses relayed, by status class (index 0 is 1xx).
+    pub responses: [AtomicU64; STATUS_CLASSES],
+    /// Requests that failed on the backend side (refused, reset, timed out, bad answer).
+    pub failures: AtomicU64,
+}
+
+impl Backend {
+    /// A backend for `spec`, its address resolved now (blocking DNS: never call this
+    /// from a worker). It starts `alive` as given.
+    pub fn new(id: u64, spec: &BackendSpec, alive: bool) -> Backend {
+        Backend {
+            id,
+            url: spec.url.clone(),
+            weight: spec.weight,
+            addr: RwLock::new(resolve(&spec.url)),
+            alive: AtomicBool::new(alive),
+            removed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            responses: Default::default(),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Where to connect, if the host name has resolved.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        *self.addr.read()
+    }
+
+    /// Records a new address (after a DNS change).
+    pub fn set_addr(&self, addr: Option<SocketAddr>) {
+        *self.addr.write() = addr;
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Sets liveness and returns what it was before, so the caller can tell a flip.
+    pub fn set_alive(&self, alive: bool) -> bool {
+        self.alive.swap(alive, Ordering::AcqRel)
+    }
+
+    /// True once the backend has been taken out of the pool: it gets no new requests.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Requests this backend is serving now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Counts one relayed response by its status code.
+    pub fn count_response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Total responses relayed.
+    pub fn requests_total(&self) -> u64 {
+        self.responses.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Resolves a backend URL's host to its first address, or `None` if it does not resolve.
+pub fn resolve(url: &BackendUrl) -> Option<SocketAddr> {
+    (url.host.as_str(), url.port).to_socket_addrs().ok()?.next()
+}
+
+/// A request in flight to a backend: counted on creation, uncounted on drop, so no
+/// error path can leak a count.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a change to the pool was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PoolError {
+    /// A backend with that URL is already in the pool.
+    Duplicate,
+}
+
+/// The set of backends, as a snapshot that changes only by being replaced.
+#[derive(Debug)]
+pub struct Pool {
+    backends: RwLock<Arc<[Arc<Backend>]>>,
+    version: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Pool {
+    /// A pool of the configured backends, all starting UP (as nginx does): the first
+    /// health round or a refused connection takes a dead one out.
+    pub fn new(specs: &[BackendSpec]) -> Pool {
+        let backends: Vec<Arc<Backend>> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Arc::new(Backend::new(i as u64, spec, true)))
+            .collect();
+        Pool {
+            backends: RwLock::new(backends.into()),
+            version: AtomicU64::new(0),
+            next_id: AtomicU64::new(specs.len() as u64),
+        }
+    }
+
+    /// The current backends.
+    pub fn snapshot(&self) -> Arc<[Arc<Backend>]> {
+        Arc::clone(&self.backends.read())
+    }
+
+    /// Moves on every add and remove; workers compare it to refresh their copy.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The backend with this URL, if present.
+    pub fn find(&self, url: &str) -> Option<Arc<Backend>> {
+        self.snapshot().iter().find(|b| b.url.text == url).cloned()
+    }
+
+    /// Adds a backend, DOWN until its first passing health check (resolving its
+    /// address here, so call it off the workers).
+    pub fn add(&self, spec: &BackendSpec) -> Result<Arc<Backend>, PoolError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let backend = Arc::new(Backend::new(id, spec, false));
+        let mut guard = self.backends.write();
+        if guard.iter().any(|b| b.url == spec.url) {
+            return Err(PoolError::Duplicate);
+        }
+        let mut next: Vec<Arc<Backend>> = guard.iter().cloned().collect();
+        next.push(Arc::clone(&backend));
+        *guard = next.into();
+        self.version.fetch_add(1, Ordering::Release);
+        Ok(backend)
+    }
+
+    /// Takes the backend with this URL out of the pool. Requests already in flight
+    /// to it hold their own `Arc` and finish normally.
+    pub fn remove(&self, url: &str) -> Option<Arc<Backend>> {
+        let mut guard = self.backends.write();
+        let position = guard.iter().position(|b| b.url.text == url)?;
+        let mut next: Vec<Arc<Backend>> = guard.iter().cloned().collect();
+        let removed = next.remove(position);
+        removed.removed.store(true, Ordering::Release);
+        *guard = next.into();
+        self.version.fetch_add(1, Ordering::Release);
+        Some(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(port: u16) -> BackendSpec {
+        BackendSpec {
+            url: BackendUrl {
+                text: format!("http://127.0.0.1:{port}"),
+                host: "127.0.0.1".into(),
+                port,
+            },
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn in_flight_guard_counts_up_and_down() {
+        let pool = Pool::new(&[spec(1)]);
+        let backend = pool.snapshot()[0].clone();
+        let a = backend.start_request();
+        let b = backend.start_request();
+        assert_eq!(backend.in_flight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(backend.in_flight(), 0);
+    }
+
+    #[test]
+    fn add_refuses_duplicates_and_remove_marks_removed() {
+        let pool = Pool::new(&[spec(1)]);
+        let v0 = pool.version();
+        assert_eq!(pool.add(&spec(1)).unwrap_err(), PoolError::Duplicate);
+        let added = pool.add(&spec(2)).unwrap();
+        assert!(!added.is_alive(), "added backends wait for a passing check");
+        assert_ne!(pool.version(), v0);
+        let removed = pool.remove("http://127.0.0.1:1").unwrap();
+        assert!(removed.is_removed());
+        assert_eq!(pool.snapshot().len(), 1);
+        assert!(pool.remove("http://127.0.0.1:1").is_none());
+        assert_ne!(added.id, removed.id);
+    }
+}
