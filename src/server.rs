@@ -39,3 +39,19 @@ impl Server {
     /// `shutdown_timeout`), every thread joined.
     pub fn shutdown(self) {}
 }
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartupError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartupError::Io(error) => write!(f, "cannot start: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartupError {}
+
+/// Runs the proxy until SIGINT/SIGTERM, then shuts down gracefully (the binary's entry).
+pub fn run(_config: Config) -> Result<(), StartupError> {
+    unimplemented!()
+}
