@@ -58,6 +58,22 @@ impl Method {
         }
     }
 
+    /// The method's name, for log lines (`OTHER` for an unlisted one).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+            Method::Connect => "CONNECT",
+            Method::Other => "OTHER",
+        }
+    }
+
     /// True for the idempotent methods of RFC 9110 §9.2.2, which may be sent again after
     /// a reused backend connection fails.
     pub fn is_idempotent(self) -> bool {

@@ -648,10 +648,10 @@ impl Connection {
     /// The response is complete and flushed: next request, or close.
     fn finish_exchange(&mut self, cx: &mut Cx) -> Next {
         debug!(
-            "w{} c{}: {:?} -> {} {} in {:?}",
+            "w{} c{}: {} -> {} {} in {:?}",
             cx.worker,
             cx.key,
-            self.ex.method,
+            self.ex.method.as_str(),
             self.in_flight
                 .as_ref()
                 .map_or("?", |f| f.backend().url.text.as_str()),
