@@ -103,8 +103,13 @@ pub struct Upstream {
     pub eof: bool,
     /// We have shut down our write side (tunnel half-close).
     pub write_shut: bool,
-    /// Key of the client connection this backend connection serves.
-    pub owner: usize,
+    /// Key of the client connection this backend connection serves; `None` while it
+    /// waits in the worker's keep-alive pool.
+    pub owner: Option<usize>,
+    /// While pooled: when it expires (`backend_idle_timeout`).
+    pub deadline: Option<Instant>,
+    /// The earliest deadline queued for it in the worker's timer heap.
+    pub queued: Option<Instant>,
 }
 
 /// What the worker must do after [`Connection::step`].
@@ -115,8 +120,15 @@ pub enum Next {
     /// Drop any current backend connection, pick a backend not yet tried and
     /// connect to it (or answer 502/503 when there is none), then step again.
     Connect,
-    /// Drop the backend connection (and the in-flight count), then step again.
+    /// Close the backend connection (and drop the in-flight count), then step again.
     ReleaseBackend,
+    /// The exchange ended cleanly: put the backend connection in the worker's
+    /// keep-alive pool if it has room, then step again.
+    PoolBackend,
+    /// A reused backend connection failed before answering: open a fresh connection
+    /// to the same backend and send the request again (once; not a retry that counts
+    /// against `max_retries`, nor a sign the backend is down).
+    Reconnect,
     /// Close the client connection and any backend connection.
     Close,
 }
@@ -173,6 +185,14 @@ struct Exchange {
     started: Instant,
     /// When the request was fully sent; `request_timeout` counts from here.
     sent_at: Option<Instant>,
+    /// On a reused backend connection, sent bytes stay in the buffers (counted by
+    /// `head_sent` and `up_sent`) until the first byte of the answer arrives, so the
+    /// request can be sent again if the connection turns out to be stale.
+    retain: bool,
+    head_sent: usize,
+    up_sent: usize,
+    /// The backend connection may carry another request after this response.
+    backend_reusable: bool,
 }
 
 impl Exchange {
@@ -192,6 +212,10 @@ impl Exchange {
             response_started: false,
             started: now,
             sent_at: None,
+            retain: false,
+            head_sent: 0,
+            up_sent: 0,
+            backend_reusable: false,
         }
     }
 }
@@ -207,6 +231,9 @@ enum Fault {
     BackendGone(&'static str),
     /// The backend's answer cannot be framed.
     BadResponse(&'static str),
+    /// A reused backend connection closed or reset before any byte of the answer:
+    /// the backend most likely timed it out just as we sent on it.
+    Stale,
 }
 
 /// One step's outcome inside a phase handler.
@@ -427,7 +454,7 @@ impl Connection {
         }
         let forwarding = Forwarding {
             client_ip: self.peer.ip(),
-            backend_keep_alive: false,
+            backend_keep_alive: cx.config.backend_keepalive > 0,
         };
         let parsed = parse_request(
             self.client_in.data(),
@@ -473,6 +500,14 @@ impl Connection {
     pub fn connecting_to(&mut self, cx: &Cx) {
         self.phase = Phase::Connecting;
         self.deadline = Some(cx.now + cx.config.connect_timeout);
+    }
+
+    /// Called by the worker when it hands this request an idle pooled connection:
+    /// no handshake to wait for, but what is sent is kept until the backend answers.
+    pub fn reusing(&mut self, cx: &Cx) {
+        self.phase = Phase::Proxying;
+        self.ex.retain = true;
+        self.touch(cx);
     }
 
     // ----- Connecting -------------------------------------------------------------
@@ -553,6 +588,9 @@ impl Connection {
                 Ok(false) => {}
                 Err(fault) => return Step::Yield(self.fail(fault, cx)),
             }
+        }
+        if up.eof && self.ex.retain {
+            return Step::Yield(self.fail(Fault::Stale, cx));
         }
         if up.eof && self.ex.download != Half::Done {
             let until_close = self.ex.download_framing == BodyFraming::UntilClose;
@@ -639,6 +677,7 @@ impl Connection {
             return Ok(true);
         }
         self.ex.keep_alive = head.client_keep_alive;
+        self.ex.backend_reusable = head.backend_reusable;
         self.ex.download_framing = head.body;
         self.ex.download = Half::Body;
         self.observe_download()?;
@@ -660,13 +699,19 @@ impl Connection {
         );
         let keep =
             self.ex.keep_alive && self.ex.upload == Half::Done && !self.client_eof && !cx.draining;
+        // Read to its end, request fully sent, and the backend said it may go on.
+        let reusable = self.ex.backend_reusable && self.ex.upload == Half::Done;
         self.backend_in.clear();
         if keep {
             self.next_request(cx);
         } else {
             self.start_closing(cx);
         }
-        Next::ReleaseBackend
+        if reusable {
+            Next::PoolBackend
+        } else {
+            Next::ReleaseBackend
+        }
     }
 
     /// Back to reading the next request: at once if pipelined bytes are buffered,
@@ -801,6 +846,15 @@ impl Connection {
             .map_or("?", |f| f.backend().url.text.as_str())
             .to_owned();
         match fault {
+            Fault::Stale if self.ex.retain => {
+                debug!(
+                    "w{} c{}: reused connection to {backend} closed before answering; sending again",
+                    cx.worker, cx.key
+                );
+                self.rewind();
+                Next::Reconnect
+            }
+            Fault::Stale => self.fail(Fault::BackendGone("closed before answering"), cx),
             Fault::ClientGone => {
                 debug!("w{} c{}: client went away", cx.worker, cx.key);
                 Next::Close
@@ -897,24 +951,33 @@ impl Connection {
         if !up.ready.writable || !up.connected || up.write_shut {
             return Ok(false);
         }
-        let head_len = if self.head_to_backend {
+        let head_end = if self.head_to_backend {
             self.head_out.len()
         } else {
             0
         };
-        let body_len = self.ex.up_ready;
-        if head_len + body_len == 0 {
+        let head_from = self.ex.head_sent.min(head_end);
+        let body_from = self.ex.up_sent;
+        let body_end = self.ex.up_ready;
+        let head_len = head_end - head_from;
+        if head_len + body_end - body_from == 0 {
             self.note_upload_progress();
             return Ok(false);
         }
-        let head = &self.head_out.data()[..head_len];
-        let body = &self.client_in.data()[..body_len];
+        let head = &self.head_out.data()[head_from..head_end];
+        let body = &self.client_in.data()[body_from..body_end];
         match classify(write_two(&mut up.stream, head, body)) {
             Io::Progress(n) => {
                 let from_head = n.min(head_len);
-                self.head_out.consume(from_head);
-                self.client_in.consume(n - from_head);
-                self.ex.up_ready -= n - from_head;
+                let from_body = n - from_head;
+                if self.ex.retain {
+                    self.ex.head_sent += from_head;
+                    self.ex.up_sent += from_body;
+                } else {
+                    self.head_out.consume(from_head);
+                    self.client_in.consume(from_body);
+                    self.ex.up_ready -= from_body;
+                }
                 self.note_upload_progress();
                 Ok(true)
             }
@@ -929,21 +992,60 @@ impl Connection {
                 up.write_shut = true;
                 Ok(true)
             }
+            Io::Closed | Io::Failed if self.ex.retain => Err(Fault::Stale),
             Io::Closed | Io::Failed => Err(Fault::BackendGone("reset while sending")),
         }
     }
 
     /// Advances the request half after bytes went to the backend.
     fn note_upload_progress(&mut self) {
-        if self.head_to_backend && self.head_out.is_empty() {
-            self.head_to_backend = false;
+        let head_unsent = self.head_to_backend && self.ex.head_sent < self.head_out.len();
+        if self.ex.upload == Half::Head && !head_unsent {
             self.ex.upload = Half::Body;
+            if !self.ex.retain {
+                self.head_to_backend = false;
+            }
         }
-        if self.ex.upload == Half::Body && self.ex.up_ready == 0 && self.ex.upload_framing.is_done()
-        {
+        let body_sent = self.ex.up_sent == self.ex.up_ready;
+        if self.ex.upload == Half::Body && body_sent && self.ex.upload_framing.is_done() {
             self.ex.upload = Half::Done;
             self.ex.sent_at = Some(Instant::now());
         }
+        // A buffer full of sent-but-kept bytes could never take the rest of the body:
+        // give up the chance to resend rather than stall.
+        if self.ex.retain && body_sent && self.client_in.is_full() {
+            self.commit_sent();
+        }
+    }
+
+    /// Forgets the bytes kept for a resend: the backend has started answering.
+    fn commit_sent(&mut self) {
+        if !self.ex.retain {
+            return;
+        }
+        self.ex.retain = false;
+        if self.head_to_backend {
+            self.head_out.consume(self.ex.head_sent);
+            if self.head_out.is_empty() {
+                self.head_to_backend = false;
+            }
+        }
+        self.client_in.consume(self.ex.up_sent);
+        self.ex.up_ready -= self.ex.up_sent;
+        self.ex.head_sent = 0;
+        self.ex.up_sent = 0;
+    }
+
+    /// Makes everything sent on a stale connection unsent again, for a fresh one.
+    fn rewind(&mut self) {
+        self.ex.retain = false;
+        self.ex.head_sent = 0;
+        self.ex.up_sent = 0;
+        self.ex.upload = Half::Head;
+        self.ex.download = Half::Head;
+        self.ex.sent_at = None;
+        self.head_to_backend = true;
+        self.backend_in.clear();
     }
 
     /// Reads backend bytes into `backend_in` while the response is still coming.
@@ -957,7 +1059,9 @@ impl Connection {
             return Ok(false);
         }
         match classify(up.stream.read(space)) {
+            Io::Progress(0) => Ok(false),
             Io::Progress(n) => {
+                self.commit_sent();
                 self.backend_in.fill(n);
                 self.observe_download()?;
                 Ok(true)
@@ -970,6 +1074,7 @@ impl Connection {
                 up.eof = true;
                 Ok(true)
             }
+            Io::Failed if self.ex.retain => Err(Fault::Stale),
             Io::Failed => Err(Fault::BackendGone("failed while reading")),
         }
     }

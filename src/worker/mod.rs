@@ -21,6 +21,13 @@
 //! 4. **Timers.** Due deadlines fire [`Connection::on_timeout`]; what a timeout means
 //!    depends on the connection's phase (408, retry, 504, quiet close).
 //! 5. **Accept** last, up to `max_connections` for the whole process.
+//!
+//! Backend connections outlive requests: when a response ends cleanly and the
+//! backend allows it, the connection goes to this worker's keep-alive pool
+//! ([`Worker::pool_upstream`]), a stack per backend from which the next request to
+//! that backend, from any client connection, takes the most recently used socket
+//! (LIFO, so a quiet pool shrinks by itself as its oldest sockets expire). A pooled
+//! socket stays registered: if the backend closes it, the event drops it at once.
 //! 6. **Drain.** After a stop request the listener is closed, idle connections are
 //!    closed, and the loop ends when the rest have finished or `shutdown_timeout`
 //!    has passed.
@@ -30,7 +37,8 @@ pub mod conn;
 pub mod timers;
 pub mod token;
 
-use std::io;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,7 +56,7 @@ use crate::http::answers::Answer;
 use crate::pool::{Backend, Pool};
 use buffer::BufferPool;
 use conn::{Connection, Cx, Next, Phase, Upstream};
-use timers::{Entry, Timers};
+use timers::{Entry, Slot, Timers};
 use token::Owner;
 
 /// Steps one connection may take for one event before we call it a bug and close it.
@@ -57,6 +65,9 @@ const MAX_STEPS: usize = 64;
 /// How often a worker looks again when it cannot wait for an event: while draining,
 /// and while accepting is paused at `max_connections`.
 const RECHECK: Duration = Duration::from_millis(100);
+
+/// How often pooled connections to backends that went DOWN are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// State shared by every worker (and read by the health and admin threads).
 pub struct Shared {
@@ -98,6 +109,10 @@ pub struct Worker {
     accept_paused: bool,
     /// Set when draining began: the time by which everything must be closed.
     drain_deadline: Option<Instant>,
+    /// Idle keep-alive backend connections (keys into `upstreams`) by backend id,
+    /// most recently used last.
+    idle: HashMap<u64, VecDeque<usize>>,
+    last_sweep: Instant,
 }
 
 impl Worker {
@@ -129,6 +144,8 @@ impl Worker {
             accept_pending: true,
             accept_paused: false,
             drain_deadline: None,
+            idle: HashMap::new(),
+            last_sweep: Instant::now(),
         };
         Ok((worker, waker))
     }
@@ -147,6 +164,9 @@ impl Worker {
             }
             self.now = Instant::now();
             self.refresh_backends();
+            if self.now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
+                self.sweep_idle();
+            }
             for event in events.iter() {
                 self.dispatch(event);
             }
@@ -166,6 +186,9 @@ impl Worker {
             .timers
             .next_deadline()
             .map(|at| at.saturating_duration_since(Instant::now()));
+        if !self.idle.is_empty() {
+            timeout = Some(timeout.map_or(SWEEP_EVERY, |t| t.min(SWEEP_EVERY)));
+        }
         if self.drain_deadline.is_some() || self.accept_paused {
             timeout = Some(timeout.map_or(RECHECK, |t| t.min(RECHECK)));
         }
@@ -178,6 +201,7 @@ impl Worker {
         if version != self.pool_version {
             self.backends = self.shared.pool.snapshot();
             self.pool_version = version;
+            self.sweep_idle();
         }
     }
 
@@ -204,8 +228,13 @@ impl Worker {
                     return;
                 }
                 up.ready.record(event);
-                let owner = up.owner;
-                self.drive(owner, None);
+                match up.owner {
+                    Some(owner) => self.drive(owner, None),
+                    // A pooled socket has nothing to say: data or a close from the
+                    // backend means it cannot be reused.
+                    None if up.ready.readable => self.drop_idle(key),
+                    None => {}
+                }
             }
         }
     }
@@ -239,6 +268,8 @@ impl Worker {
                 }
                 Next::Connect => self.connect(key),
                 Next::ReleaseBackend => self.release_upstream(key),
+                Next::PoolBackend => self.pool_upstream(key),
+                Next::Reconnect => self.reconnect(key),
                 Next::Close => {
                     self.close(key);
                     return;
@@ -264,6 +295,7 @@ impl Worker {
             backends,
             buffers,
             poll,
+            idle,
             ..
         } = self;
         let Some(conn) = clients.get_mut(key) else {
@@ -299,6 +331,16 @@ impl Worker {
             };
             let backend = Arc::clone(&backends[index]);
             conn.tried.push(backend.id);
+            if let Some(upstream_key) = take_idle(idle, upstreams, poll.registry(), backend.id) {
+                if let Some(up) = upstreams.get_mut(upstream_key) {
+                    up.owner = Some(key);
+                    up.deadline = None;
+                }
+                conn.upstream = Some(upstream_key);
+                conn.in_flight = Some(backend.start_request());
+                conn.reusing(&cx);
+                return;
+            }
             if conn.tried.len() > 1 {
                 info!(
                     "w{} c{key}: retrying on {} ({}/{})",
@@ -347,10 +389,148 @@ impl Worker {
         };
         conn.in_flight = None;
         if let Some(upstream_key) = conn.upstream.take() {
-            if let Some(mut up) = self.upstreams.try_remove(upstream_key) {
-                let _ = self.poll.registry().deregister(&mut up.stream);
+            close_upstream(&mut self.upstreams, self.poll.registry(), upstream_key);
+        }
+    }
+
+    /// Puts client connection `key`'s backend connection in the keep-alive pool. It
+    /// is closed instead when pooling is off, the backend is DOWN or removed, the
+    /// worker is draining, or the socket is not clean; a full pool evicts its oldest.
+    fn pool_upstream(&mut self, key: usize) {
+        let Some(conn) = self.clients.get_mut(key) else {
+            return;
+        };
+        conn.in_flight = None;
+        let Some(upstream_key) = conn.upstream.take() else {
+            return;
+        };
+        let keepalive = self.shared.config.backend_keepalive;
+        let Some(up) = self.upstreams.get_mut(upstream_key) else {
+            return;
+        };
+        let backend = &up.backend;
+        let mut clean = keepalive > 0
+            && backend.is_alive()
+            && !backend.is_removed()
+            && !up.eof
+            && !up.write_shut
+            && self.drain_deadline.is_none();
+        if clean && up.ready.readable {
+            // Bytes after the end of a response, or a close, make the socket useless;
+            // one read tells (usually EAGAIN, which also re-arms the edge).
+            let mut probe = [0u8; 1];
+            match up.stream.read(&mut probe) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    up.ready.readable = false;
+                }
+                _ => clean = false,
             }
         }
+        if !clean {
+            close_upstream(&mut self.upstreams, self.poll.registry(), upstream_key);
+            return;
+        }
+        up.owner = None;
+        up.deadline = Some(self.now + self.shared.config.backend_idle_timeout);
+        let id = up.backend.id;
+        let list = self
+            .idle
+            .entry(id)
+            .or_insert_with(|| VecDeque::with_capacity(keepalive.min(64)));
+        if list.len() >= keepalive {
+            if let Some(oldest) = list.pop_front() {
+                close_upstream(&mut self.upstreams, self.poll.registry(), oldest);
+            }
+        }
+        list.push_back(upstream_key);
+        self.arm_upstream_timer(upstream_key);
+    }
+
+    /// Sends the request of client connection `key` again on a fresh connection to
+    /// the same backend, after its reused connection turned out to be stale.
+    fn reconnect(&mut self, key: usize) {
+        let backend = self
+            .clients
+            .get(key)
+            .and_then(|conn| conn.in_flight.as_ref())
+            .map(|flight| Arc::clone(flight.backend()));
+        self.release_upstream(key);
+        let Some(backend) = backend else {
+            return;
+        };
+        let opened = backend
+            .addr()
+            .ok_or(io::ErrorKind::AddrNotAvailable.into())
+            .and_then(|addr| {
+                open_upstream(
+                    self.poll.registry(),
+                    &mut self.upstreams,
+                    &mut self.next_generation,
+                    addr,
+                    &backend,
+                    key,
+                )
+            });
+        let Some(conn) = self.clients.get_mut(key) else {
+            return;
+        };
+        let mut cx = Cx {
+            now: self.now,
+            config: &self.shared.config,
+            buffers: &mut self.buffers,
+            draining: self.drain_deadline.is_some(),
+            worker: self.id,
+            key,
+        };
+        match opened {
+            Ok(upstream_key) => {
+                conn.upstream = Some(upstream_key);
+                conn.in_flight = Some(backend.start_request());
+                conn.connecting_to(&cx);
+            }
+            Err(error) => {
+                warn!(
+                    "w{} c{key}: reconnect to {} failed: {error}, 502",
+                    self.id, backend.url.text
+                );
+                conn.respond(Answer::BadGateway, &mut cx);
+            }
+        }
+    }
+
+    /// Closes pooled backend connection `upstream_key` and forgets it.
+    fn drop_idle(&mut self, upstream_key: usize) {
+        if let Some(up) = self.upstreams.get(upstream_key) {
+            if let Some(list) = self.idle.get_mut(&up.backend.id) {
+                list.retain(|&k| k != upstream_key);
+            }
+        }
+        close_upstream(&mut self.upstreams, self.poll.registry(), upstream_key);
+    }
+
+    /// Closes pooled connections to backends that are DOWN or were removed.
+    fn sweep_idle(&mut self) {
+        self.last_sweep = self.now;
+        let Worker {
+            idle,
+            upstreams,
+            poll,
+            backends,
+            ..
+        } = self;
+        for list in idle.values_mut() {
+            list.retain(|&upstream_key| {
+                let usable = upstreams
+                    .get(upstream_key)
+                    .is_some_and(|up| up.backend.is_alive() && !up.backend.is_removed());
+                if !usable {
+                    close_upstream(upstreams, poll.registry(), upstream_key);
+                }
+                usable
+            });
+        }
+        // Forget the lists of backends that left the pool (others keep their storage).
+        idle.retain(|id, list| !list.is_empty() || backends.iter().any(|b| b.id == *id));
     }
 
     /// Closes client connection `key` and everything it holds.
@@ -375,6 +555,7 @@ impl Worker {
                 conn.queued = Some(at);
                 self.timers.push(Entry {
                     at,
+                    slot: Slot::Client,
                     key,
                     generation: conn.generation,
                 });
@@ -382,8 +563,30 @@ impl Worker {
         }
     }
 
+    /// The same for a pooled backend connection's expiry.
+    fn arm_upstream_timer(&mut self, key: usize) {
+        let Some(up) = self.upstreams.get_mut(key) else {
+            return;
+        };
+        if let Some(at) = up.deadline {
+            if up.queued.is_none_or(|queued| at < queued) {
+                up.queued = Some(at);
+                self.timers.push(Entry {
+                    at,
+                    slot: Slot::Backend,
+                    key,
+                    generation: up.generation,
+                });
+            }
+        }
+    }
+
     fn fire_timers(&mut self) {
         while let Some(entry) = self.timers.pop_due(self.now) {
+            if entry.slot == Slot::Backend {
+                self.fire_upstream_timer(entry);
+                continue;
+            }
             let Some(conn) = self.clients.get_mut(entry.key) else {
                 continue;
             };
@@ -407,6 +610,21 @@ impl Worker {
                 Some(_) => self.arm_timer(entry.key),
                 None => {}
             }
+        }
+    }
+
+    fn fire_upstream_timer(&mut self, entry: Entry) {
+        let Some(up) = self.upstreams.get_mut(entry.key) else {
+            return;
+        };
+        if up.generation != entry.generation || up.queued != Some(entry.at) {
+            return;
+        }
+        up.queued = None;
+        match up.deadline {
+            Some(at) if at <= self.now && up.owner.is_none() => self.drop_idle(entry.key),
+            Some(_) => self.arm_upstream_timer(entry.key),
+            None => {}
         }
     }
 
@@ -529,6 +747,31 @@ fn next_generation(counter: &mut u32) -> u32 {
     generation
 }
 
+/// Takes the most recently pooled connection to backend `id`, skipping any the
+/// backend has closed meanwhile.
+fn take_idle(
+    idle: &mut HashMap<u64, VecDeque<usize>>,
+    upstreams: &mut Slab<Upstream>,
+    registry: &Registry,
+    id: u64,
+) -> Option<usize> {
+    let list = idle.get_mut(&id)?;
+    while let Some(upstream_key) = list.pop_back() {
+        match upstreams.get(upstream_key) {
+            Some(up) if !up.eof && !up.ready.readable => return Some(upstream_key),
+            Some(_) => close_upstream(upstreams, registry, upstream_key),
+            None => {}
+        }
+    }
+    None
+}
+
+fn close_upstream(upstreams: &mut Slab<Upstream>, registry: &Registry, key: usize) {
+    if let Some(mut up) = upstreams.try_remove(key) {
+        let _ = registry.deregister(&mut up.stream);
+    }
+}
+
 /// Starts a non-blocking connect to `addr` and registers it in the backend slab.
 fn open_upstream(
     registry: &Registry,
@@ -555,7 +798,9 @@ fn open_upstream(
         connected: false,
         eof: false,
         write_shut: false,
-        owner,
+        owner: Some(owner),
+        deadline: None,
+        queued: None,
     });
     Ok(key)
 }

@@ -8,15 +8,26 @@
 //! entry pops, the worker compares it with the connection's current deadline: gone
 //! or a different generation, drop it; moved later, push it again; else fire.
 //! That keeps about one entry per connection.
+//!
+//! Idle pooled backend connections have deadlines too (`backend_idle_timeout`), in
+//! the same heap, told apart by [`Slot`].
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-/// A queued deadline for client connection `key` of `generation`.
+/// Which slab a timer entry's key refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Slot {
+    Client,
+    Backend,
+}
+
+/// A queued deadline for connection `key` of `generation` in the `slot` slab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
     pub at: Instant,
+    pub slot: Slot,
     pub key: usize,
     pub generation: u32,
 }
@@ -58,6 +69,7 @@ mod tests {
         for (ms, key) in [(30, 3), (10, 1), (20, 2)] {
             timers.push(Entry {
                 at: at(ms),
+                slot: Slot::Client,
                 key,
                 generation: 0,
             });
