@@ -5,3 +5,4 @@ pub mod config;
 pub mod http;
 pub mod pool;
 pub mod server;
+pub mod worker;

@@ -1,12 +1,5 @@
-//! INTERFACE STUB: the proxy's own canned responses.
-
-/// A response the proxy writes itself.
+//! INTERFACE STUB (being written on another branch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
-    BadRequest,
-}
-
-/// The complete response bytes for `answer`.
-pub fn render(_answer: Answer, _keep_alive: bool) -> &'static [u8] {
-    unimplemented!("being written")
-}
+pub enum Answer { BadRequest, RequestTimeout, UriTooLong, HeaderTooLarge, TooManyRequests, NotImplemented, BadGateway, ServiceUnavailable, GatewayTimeout }
+impl Answer { pub fn status(self) -> u16 { unimplemented!() } }
+pub fn render(_answer: Answer, _keep_alive: bool) -> &'static [u8] { unimplemented!() }

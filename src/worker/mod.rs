@@ -1,0 +1,547 @@
+//! A worker: one thread, one `mio::Poll`, and every connection it accepted.
+//!
+//! spoke runs one worker per core. Each has its own `SO_REUSEPORT` listener (the
+//! kernel spreads new connections over them), its own connections and timers, and
+//! shares nothing with the others but the backend [`Pool`] and the strategy. A
+//! request never leaves the worker that accepted its connection, so no lock guards
+//! connection state.
+//!
+//! # A tour of the loop ([`Worker::run`])
+//!
+//! 1. **Wait.** `poll` sleeps until a socket is ready or the earliest deadline in
+//!    [`timers`] is due.
+//! 2. **Dispatch.** Each event's token ([`token`]) names the listener (note that
+//!    connections are waiting), the waker (another thread wants attention: shutdown),
+//!    a client connection or a backend connection. A socket event records readiness
+//!    on that side and calls [`Worker::drive`] for the client connection it belongs
+//!    to.
+//! 3. **Drive.** [`Connection::step`] moves every byte it can and returns a
+//!    [`Next`]: wait, or ask the worker to connect to a backend (the worker owns the
+//!    backend slab and the pool snapshot), to drop a backend connection, or to close.
+//! 4. **Timers.** Due deadlines fire [`Connection::on_timeout`]; what a timeout means
+//!    depends on the connection's phase (408, retry, 504, quiet close).
+//! 5. **Accept** last, up to `max_connections` for the whole process.
+//! 6. **Drain.** After a stop request the listener is closed, idle connections are
+//!    closed, and the loop ends when the rest have finished or `shutdown_timeout`
+//!    has passed.
+
+pub mod buffer;
+pub mod conn;
+pub mod timers;
+pub mod token;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Waker};
+use slab::Slab;
+
+use crate::balance::LoadBalancer;
+use crate::config::Config;
+use crate::http::answers::Answer;
+use crate::pool::{Backend, Pool};
+use buffer::BufferPool;
+use conn::{Connection, Cx, Next, Phase, Upstream};
+use timers::{Entry, Timers};
+use token::Owner;
+
+/// Steps one connection may take for one event before we call it a bug and close it.
+const MAX_STEPS: usize = 64;
+
+/// How often a worker looks again when it cannot wait for an event: while draining,
+/// and while accepting is paused at `max_connections`.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// State shared by every worker (and read by the health and admin threads).
+pub struct Shared {
+    pub config: Config,
+    pub pool: Arc<Pool>,
+    pub balancer: Box<dyn LoadBalancer>,
+    /// Set once to ask every worker to drain and stop.
+    pub stopping: AtomicBool,
+    /// Open client connections in the whole process, for `max_connections`.
+    pub open_connections: AtomicUsize,
+}
+
+impl Shared {
+    /// The size of every I/O buffer: room for the largest allowed request head, plus
+    /// what rewriting may add to it.
+    pub fn buffer_size(&self) -> usize {
+        self.config.max_header_bytes.max(16 * 1024) + 4096
+    }
+}
+
+/// One event loop and the connections it owns.
+pub struct Worker {
+    id: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    clients: Slab<Connection>,
+    upstreams: Slab<Upstream>,
+    timers: Timers,
+    buffers: BufferPool,
+    shared: Arc<Shared>,
+    /// This worker's copy of the pool snapshot, refreshed when the pool's version moves.
+    backends: Arc<[Arc<Backend>]>,
+    pool_version: u64,
+    next_generation: u32,
+    now: Instant,
+    /// The listener reported connections; accept them after this batch of events.
+    accept_pending: bool,
+    /// At `max_connections` (or out of file descriptors): accept again later.
+    accept_paused: bool,
+    /// Set when draining began: the time by which everything must be closed.
+    drain_deadline: Option<Instant>,
+}
+
+impl Worker {
+    /// A worker that will serve `listener`, and the waker that interrupts its poll.
+    pub fn new(
+        id: usize,
+        listener: std::net::TcpListener,
+        shared: Arc<Shared>,
+    ) -> io::Result<(Worker, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), token::WAKER)?);
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, token::LISTENER, Interest::READABLE)?;
+        let buffers = BufferPool::new(shared.buffer_size(), 256);
+        let worker = Worker {
+            id,
+            poll,
+            listener: Some(listener),
+            clients: Slab::with_capacity(1024),
+            upstreams: Slab::with_capacity(1024),
+            timers: Timers::default(),
+            buffers,
+            backends: shared.pool.snapshot(),
+            pool_version: shared.pool.version(),
+            shared,
+            next_generation: 1,
+            now: Instant::now(),
+            accept_pending: true,
+            accept_paused: false,
+            drain_deadline: None,
+        };
+        Ok((worker, waker))
+    }
+
+    /// Runs until a stop request has been drained.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("w{}: poll failed, worker stops: {error}", self.id);
+                break;
+            }
+            self.now = Instant::now();
+            self.refresh_backends();
+            for event in events.iter() {
+                self.dispatch(event);
+            }
+            self.fire_timers();
+            if self.accept_pending || self.accept_paused {
+                self.accept();
+            }
+            if self.check_stop() {
+                break;
+            }
+        }
+        self.close_all();
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let mut timeout = self
+            .timers
+            .next_deadline()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        if self.drain_deadline.is_some() || self.accept_paused {
+            timeout = Some(timeout.map_or(RECHECK, |t| t.min(RECHECK)));
+        }
+        timeout
+    }
+
+    /// Takes the pool's new snapshot if it changed (one atomic load when it did not).
+    fn refresh_backends(&mut self) {
+        let version = self.shared.pool.version();
+        if version != self.pool_version {
+            self.backends = self.shared.pool.snapshot();
+            self.pool_version = version;
+        }
+    }
+
+    fn dispatch(&mut self, event: &Event) {
+        match token::decode(event.token()) {
+            Owner::Listener => self.accept_pending = true,
+            // The only reason to wake a worker is shutdown; `check_stop` looks.
+            Owner::Waker => {}
+            Owner::Client { key, generation } => {
+                let Some(conn) = self.clients.get_mut(key) else {
+                    return;
+                };
+                if conn.generation != generation {
+                    return; // A stale event for a slot that has been reused.
+                }
+                conn.ready.record(event);
+                self.drive(key, None);
+            }
+            Owner::Backend { key, generation } => {
+                let Some(up) = self.upstreams.get_mut(key) else {
+                    return;
+                };
+                if up.generation != generation {
+                    return;
+                }
+                up.ready.record(event);
+                let owner = up.owner;
+                self.drive(owner, None);
+            }
+        }
+    }
+
+    /// Steps client connection `key` until it must wait, doing what it asks for.
+    /// `first` is an answer already obtained (from a timeout) to act on first.
+    fn drive(&mut self, key: usize, mut first: Option<Next>) {
+        for _ in 0..MAX_STEPS {
+            let next = match first.take() {
+                Some(next) => next,
+                None => {
+                    let Some(conn) = self.clients.get_mut(key) else {
+                        return;
+                    };
+                    let upstream = conn.upstream.and_then(|u| self.upstreams.get_mut(u));
+                    let mut cx = Cx {
+                        now: self.now,
+                        config: &self.shared.config,
+                        buffers: &mut self.buffers,
+                        draining: self.drain_deadline.is_some(),
+                        worker: self.id,
+                        key,
+                    };
+                    conn.step(upstream, &mut cx)
+                }
+            };
+            match next {
+                Next::Wait => {
+                    self.arm_timer(key);
+                    return;
+                }
+                Next::Connect => self.connect(key),
+                Next::ReleaseBackend => self.release_upstream(key),
+                Next::Close => {
+                    self.close(key);
+                    return;
+                }
+            }
+        }
+        error!(
+            "w{} c{key}: connection made no progress in {MAX_STEPS} steps; closing",
+            self.id
+        );
+        self.close(key);
+    }
+
+    /// Picks a backend this request has not tried yet and starts connecting to it;
+    /// answers 503 when no backend is alive and 502 when every attempt failed.
+    fn connect(&mut self, key: usize) {
+        self.release_upstream(key);
+        let max_tries = self.shared.config.max_retries as usize + 1;
+        let Worker {
+            clients,
+            upstreams,
+            shared,
+            backends,
+            buffers,
+            poll,
+            ..
+        } = self;
+        let Some(conn) = clients.get_mut(key) else {
+            return;
+        };
+        let mut cx = Cx {
+            now: self.now,
+            config: &shared.config,
+            buffers,
+            draining: self.drain_deadline.is_some(),
+            worker: self.id,
+            key,
+        };
+        loop {
+            if conn.tried.len() >= max_tries {
+                warn!("w{} c{key}: every attempt failed, 502", self.id);
+                conn.respond(Answer::BadGateway, &mut cx);
+                return;
+            }
+            let pick = shared
+                .balancer
+                .pick(backends, conn.client_ip(), conn.tried.as_slice());
+            let Some(index) = pick else {
+                let answer = if conn.tried.is_empty() {
+                    warn!("w{} c{key}: no backend alive, 503", self.id);
+                    Answer::ServiceUnavailable
+                } else {
+                    warn!("w{} c{key}: no backend left to try, 502", self.id);
+                    Answer::BadGateway
+                };
+                conn.respond(answer, &mut cx);
+                return;
+            };
+            let backend = Arc::clone(&backends[index]);
+            conn.tried.push(backend.id);
+            if conn.tried.len() > 1 {
+                info!(
+                    "w{} c{key}: retrying on {} ({}/{})",
+                    self.id,
+                    backend.url.text,
+                    conn.tried.len() - 1,
+                    max_tries - 1
+                );
+            }
+            let Some(addr) = backend.addr() else {
+                warn!("w{} c{key}: {} does not resolve", self.id, backend.url.text);
+                continue;
+            };
+            match open_upstream(poll.registry(), upstreams, &mut self.next_generation, addr, &backend, key) {
+                Ok(upstream_key) => {
+                    conn.upstream = Some(upstream_key);
+                    conn.in_flight = Some(backend.start_request());
+                    conn.connecting_to(&cx);
+                    return;
+                }
+                Err(error) => {
+                    warn!("w{} c{key}: connect to {} failed: {error}", self.id, backend.url.text);
+                    if error.kind() == io::ErrorKind::ConnectionRefused && backend.set_alive(false) {
+                        warn!("backend {} is DOWN (connection refused)", backend.url.text);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the backend connection of client connection `key`, if it has one.
+    fn release_upstream(&mut self, key: usize) {
+        let Some(conn) = self.clients.get_mut(key) else {
+            return;
+        };
+        conn.in_flight = None;
+        if let Some(upstream_key) = conn.upstream.take() {
+            if let Some(mut up) = self.upstreams.try_remove(upstream_key) {
+                let _ = self.poll.registry().deregister(&mut up.stream);
+            }
+        }
+    }
+
+    /// Closes client connection `key` and everything it holds.
+    fn close(&mut self, key: usize) {
+        self.release_upstream(key);
+        if let Some(mut conn) = self.clients.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.client);
+            conn.release_buffers(&mut self.buffers);
+            self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+            debug!("w{} c{key}: closed", self.id);
+        }
+    }
+
+    /// Queues the connection's deadline unless an earlier entry is already queued
+    /// (lazy re-arm: see [`timers`]).
+    fn arm_timer(&mut self, key: usize) {
+        let Some(conn) = self.clients.get_mut(key) else {
+            return;
+        };
+        if let Some(at) = conn.deadline {
+            if conn.queued.is_none_or(|queued| at < queued) {
+                conn.queued = Some(at);
+                self.timers.push(Entry {
+                    at,
+                    key,
+                    generation: conn.generation,
+                });
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some(entry) = self.timers.pop_due(self.now) {
+            let Some(conn) = self.clients.get_mut(entry.key) else {
+                continue;
+            };
+            if conn.generation != entry.generation || conn.queued != Some(entry.at) {
+                continue; // For a closed connection, or superseded by an earlier entry.
+            }
+            conn.queued = None;
+            match conn.deadline {
+                Some(at) if at <= self.now => {
+                    let mut cx = Cx {
+                        now: self.now,
+                        config: &self.shared.config,
+                        buffers: &mut self.buffers,
+                        draining: self.drain_deadline.is_some(),
+                        worker: self.id,
+                        key: entry.key,
+                    };
+                    let next = conn.on_timeout(&mut cx);
+                    self.drive(entry.key, Some(next));
+                }
+                Some(_) => self.arm_timer(entry.key),
+                None => {}
+            }
+        }
+    }
+
+    /// Accepts waiting connections while the process is under `max_connections`.
+    fn accept(&mut self) {
+        self.accept_pending = false;
+        self.accept_paused = false;
+        let max = self.shared.config.max_connections;
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            if self.shared.open_connections.load(Ordering::Relaxed) >= max {
+                // Leave the rest in the backlog; a close (or RECHECK) tries again.
+                self.accept_paused = true;
+                return;
+            }
+            let (stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning on the backlog.
+                    warn!("w{}: accept failed: {error}", self.id);
+                    self.accept_paused = true;
+                    return;
+                }
+            };
+            self.add_client(stream, peer);
+        }
+    }
+
+    fn add_client(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!("w{}: set_nodelay: {error}", self.id);
+        }
+        let generation = next_generation(&mut self.next_generation);
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        let registered = self.poll.registry().register(
+            &mut stream,
+            token::client(key, generation),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if let Err(error) = registered {
+            warn!("w{}: cannot register a new connection: {error}", self.id);
+            return;
+        }
+        let cx = Cx {
+            now: self.now,
+            config: &self.shared.config,
+            buffers: &mut self.buffers,
+            draining: false,
+            worker: self.id,
+            key,
+        };
+        entry.insert(Connection::new(generation, stream, peer, &cx));
+        self.shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        debug!("w{} c{key}: accepted from {peer}", self.id);
+        self.arm_timer(key);
+    }
+
+    /// Starts draining on a stop request; true when the worker is done.
+    fn check_stop(&mut self) -> bool {
+        if self.drain_deadline.is_none() {
+            if !self.shared.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            self.begin_drain();
+        }
+        let busy = self.clients.len();
+        if busy == 0 {
+            return true;
+        }
+        if self.drain_deadline.is_some_and(|at| self.now >= at) {
+            warn!("w{}: shutdown_timeout passed, cutting {busy} connections", self.id);
+            return true;
+        }
+        false
+    }
+
+    /// Stops accepting and closes idle connections; the rest finish their request
+    /// and then close, because `Cx::draining` turns keep-alive off.
+    fn begin_drain(&mut self) {
+        self.drain_deadline = Some(self.now + self.shared.config.shutdown_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let idle: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, conn)| matches!(conn.phase, Phase::Idle | Phase::Closing))
+            .map(|(key, _)| key)
+            .collect();
+        for &key in &idle {
+            self.close(key);
+        }
+        info!(
+            "w{}: draining: closed {} idle connections, {} in flight",
+            self.id,
+            idle.len(),
+            self.clients.len()
+        );
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key);
+        }
+    }
+}
+
+fn next_generation(counter: &mut u32) -> u32 {
+    let generation = *counter;
+    *counter = counter.wrapping_add(1);
+    generation
+}
+
+/// Starts a non-blocking connect to `addr` and registers it in the backend slab.
+fn open_upstream(
+    registry: &Registry,
+    upstreams: &mut Slab<Upstream>,
+    generations: &mut u32,
+    addr: SocketAddr,
+    backend: &Arc<Backend>,
+    owner: usize,
+) -> io::Result<usize> {
+    let mut stream = TcpStream::connect(addr)?;
+    let generation = next_generation(generations);
+    let entry = upstreams.vacant_entry();
+    let key = entry.key();
+    registry.register(
+        &mut stream,
+        token::backend(key, generation),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
+    entry.insert(Upstream {
+        generation,
+        stream,
+        backend: Arc::clone(backend),
+        ready: Default::default(),
+        connected: false,
+        eof: false,
+        write_shut: false,
+        owner,
+    });
+    Ok(key)
+}

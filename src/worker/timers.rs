@@ -1,0 +1,73 @@
+//! A worker's timers: one min-heap of deadlines that sets the poll timeout.
+//!
+//! Every client connection has at most one deadline at a time (its phase decides
+//! what it means: header timeout, request timeout, idle timeout...). Deadlines move
+//! on every bit of progress, so pushing a heap entry each time would grow the heap
+//! without bound. Instead re-arming is lazy: an entry is pushed only when the new
+//! deadline is *earlier* than the one already queued for the connection. When an
+//! entry pops, the worker compares it with the connection's current deadline: gone
+//! or a different generation, drop it; moved later, push it again; else fire.
+//! That keeps about one entry per connection.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+/// A queued deadline for client connection `key` of `generation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub at: Instant,
+    pub key: usize,
+    pub generation: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Timers {
+    heap: BinaryHeap<Reverse<Entry>>,
+}
+
+impl Timers {
+    pub fn push(&mut self, entry: Entry) {
+        self.heap.push(Reverse(entry));
+    }
+
+    /// The earliest queued deadline, for the poll timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(entry)| entry.at)
+    }
+
+    /// Removes and returns one entry that is due at `now`, if any.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Entry> {
+        match self.heap.peek() {
+            Some(Reverse(entry)) if entry.at <= now => self.heap.pop().map(|Reverse(e)| e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn pops_in_deadline_order_and_only_when_due() {
+        let now = Instant::now();
+        let mut timers = Timers::default();
+        let at = |ms| now + Duration::from_millis(ms);
+        for (ms, key) in [(30, 3), (10, 1), (20, 2)] {
+            timers.push(Entry {
+                at: at(ms),
+                key,
+                generation: 0,
+            });
+        }
+        assert_eq!(timers.next_deadline(), Some(at(10)));
+        assert_eq!(timers.pop_due(now), None);
+        let keys: Vec<_> = std::iter::from_fn(|| timers.pop_due(at(25)))
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, [1, 2]);
+        assert_eq!(timers.next_deadline(), Some(at(30)));
+    }
+}
