@@ -265,3 +265,21 @@ fn content_length_with_transfer_encoding_gets_400_and_close() {
     );
     assert_eq!(backend.request_count(), 0, "nothing reached the backend");
 }
+
+#[test]
+fn a_slow_request_does_not_block_other_connections_on_the_same_worker() {
+    let backend = TestBackend::named("b0", Behaviour::Normal);
+    let proxy = start_proxy(&[backend.url()], json!({"workers": 1}));
+    let mut slow = proxy.client();
+    slow.send(b"GET /hold/1 HTTP/1.1\r\nHost: s.test\r\n\r\n");
+    assert!(wait_until(Duration::from_secs(3), || backend.held() == 1));
+    for i in 0..5 {
+        assert_eq!(
+            proxy.get(&format!("/fast/{i}")).text(),
+            format!("b0 GET /fast/{i}")
+        );
+    }
+    assert!(!slow.has_data(), "the slow answer cannot have come yet");
+    backend.release(1);
+    assert_eq!(slow.read_response().text(), "b0 GET /hold/1");
+}
