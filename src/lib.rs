@@ -1,6 +1,7 @@
 //! spoke: a thread-per-core HTTP/1.1 load-balancing reverse proxy.
 
 pub mod balance;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod pool;

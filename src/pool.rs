@@ -102,7 +102,10 @@ impl Backend {
 
     /// Total responses relayed.
     pub fn requests_total(&self) -> u64 {
-        self.responses.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.responses
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

@@ -70,10 +70,11 @@ impl Server {
         let listeners = bind_proxy(SocketAddr::new(config.bind, config.port), workers)?;
         let proxy_addr = listeners[0].local_addr()?;
         let admin_wanted = SocketAddr::new(config.admin_bind, config.admin_port);
-        let admin_listener = TcpListener::bind(admin_wanted).map_err(|error| StartupError::Bind {
-            addr: admin_wanted,
-            error,
-        })?;
+        let admin_listener =
+            TcpListener::bind(admin_wanted).map_err(|error| StartupError::Bind {
+                addr: admin_wanted,
+                error,
+            })?;
         let admin_addr = admin_listener.local_addr()?;
 
         let pool = Arc::new(Pool::new(&config.backends));

@@ -358,7 +358,10 @@ impl Connection {
                 self.respond(Answer::RequestTimeout, cx)
             }
             Phase::Connecting => {
-                let url = self.in_flight.as_ref().map(|f| f.backend().url.text.as_str());
+                let url = self
+                    .in_flight
+                    .as_ref()
+                    .map(|f| f.backend().url.text.as_str());
                 warn!(
                     "w{} c{}: connect to {} timed out",
                     cx.worker,
@@ -509,7 +512,10 @@ impl Connection {
                     // A refused connection is a certain sign the backend is not
                     // there: take it out of rotation now instead of at the next check.
                     if up.backend.set_alive(false) {
-                        warn!("backend {} is DOWN (connection refused)", up.backend.url.text);
+                        warn!(
+                            "backend {} is DOWN (connection refused)",
+                            up.backend.url.text
+                        );
                     }
                 }
                 up.backend
@@ -642,20 +648,18 @@ impl Connection {
     /// The response is complete and flushed: next request, or close.
     fn finish_exchange(&mut self, cx: &mut Cx) -> Next {
         debug!(
-            "w{} c{}: {:?} -> {} {} in {:?}",
+            "w{} c{}: {} -> {} {} in {:?}",
             cx.worker,
             cx.key,
-            self.ex.method,
+            self.ex.method.as_str(),
             self.in_flight
                 .as_ref()
                 .map_or("?", |f| f.backend().url.text.as_str()),
             self.ex.status,
             cx.now.saturating_duration_since(self.ex.started)
         );
-        let keep = self.ex.keep_alive
-            && self.ex.upload == Half::Done
-            && !self.client_eof
-            && !cx.draining;
+        let keep =
+            self.ex.keep_alive && self.ex.upload == Half::Done && !self.client_eof && !cx.draining;
         self.backend_in.clear();
         if keep {
             self.next_request(cx);
@@ -831,9 +835,7 @@ impl Connection {
         let config = cx.config;
         self.deadline = Some(match (self.ex.upload, self.ex.download) {
             // Waiting for the answer: request_timeout from the moment it was sent.
-            (Half::Done, Half::Head) => {
-                self.ex.sent_at.unwrap_or(cx.now) + config.request_timeout
-            }
+            (Half::Done, Half::Head) => self.ex.sent_at.unwrap_or(cx.now) + config.request_timeout,
             // The client is still sending its body.
             (Half::Head | Half::Body, _) => cx.now + config.idle_timeout,
             // The response is flowing: it must not stall for longer than request_timeout.
@@ -937,9 +939,7 @@ impl Connection {
             self.head_to_backend = false;
             self.ex.upload = Half::Body;
         }
-        if self.ex.upload == Half::Body
-            && self.ex.up_ready == 0
-            && self.ex.upload_framing.is_done()
+        if self.ex.upload == Half::Body && self.ex.up_ready == 0 && self.ex.upload_framing.is_done()
         {
             self.ex.upload = Half::Done;
             self.ex.sent_at = Some(Instant::now());

@@ -312,7 +312,14 @@ impl Worker {
                 warn!("w{} c{key}: {} does not resolve", self.id, backend.url.text);
                 continue;
             };
-            match open_upstream(poll.registry(), upstreams, &mut self.next_generation, addr, &backend, key) {
+            match open_upstream(
+                poll.registry(),
+                upstreams,
+                &mut self.next_generation,
+                addr,
+                &backend,
+                key,
+            ) {
                 Ok(upstream_key) => {
                     conn.upstream = Some(upstream_key);
                     conn.in_flight = Some(backend.start_request());
@@ -320,8 +327,12 @@ impl Worker {
                     return;
                 }
                 Err(error) => {
-                    warn!("w{} c{key}: connect to {} failed: {error}", self.id, backend.url.text);
-                    if error.kind() == io::ErrorKind::ConnectionRefused && backend.set_alive(false) {
+                    warn!(
+                        "w{} c{key}: connect to {} failed: {error}",
+                        self.id, backend.url.text
+                    );
+                    if error.kind() == io::ErrorKind::ConnectionRefused && backend.set_alive(false)
+                    {
                         warn!("backend {} is DOWN (connection refused)", backend.url.text);
                     }
                 }
@@ -471,7 +482,10 @@ impl Worker {
             return true;
         }
         if self.drain_deadline.is_some_and(|at| self.now >= at) {
-            warn!("w{}: shutdown_timeout passed, cutting {busy} connections", self.id);
+            warn!(
+                "w{}: shutdown_timeout passed, cutting {busy} connections",
+                self.id
+            );
             return true;
         }
         false

@@ -24,9 +24,15 @@ pub enum Owner {
     Listener,
     Waker,
     /// A client connection: slab key and generation.
-    Client { key: usize, generation: u32 },
+    Client {
+        key: usize,
+        generation: u32,
+    },
     /// A backend connection: slab key and generation.
-    Backend { key: usize, generation: u32 },
+    Backend {
+        key: usize,
+        generation: u32,
+    },
 }
 
 /// The token of client connection `key`.
