@@ -296,3 +296,36 @@ fn a_client_that_stops_reading_holds_the_backend_back_and_its_departure_closes_i
         "the backend connection stayed open after the client went away"
     );
 }
+
+#[test]
+fn pipelined_head_204_chunked_and_close_delimited_keep_their_boundaries() {
+    let (_backend, proxy) = setup();
+    let mut client = proxy.client();
+    let mut batch = Vec::new();
+    batch.extend_from_slice(b"HEAD /big/4096 HTTP/1.1\r\nHost: p.test\r\n\r\n");
+    batch.extend_from_slice(b"GET /status/204 HTTP/1.1\r\nHost: p.test\r\n\r\n");
+    batch.extend_from_slice(
+        b"POST /echo HTTP/1.1\r\nHost: p.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    batch.extend(chunked(b"first and second", &mut Rng::new(3), 5));
+    batch.extend_from_slice(b"GET /chunked?sizes=7,70,700 HTTP/1.1\r\nHost: p.test\r\n\r\n");
+    batch.extend_from_slice(b"GET /status/304 HTTP/1.1\r\nHost: p.test\r\n\r\n");
+    batch.extend_from_slice(b"GET /close/5000 HTTP/1.1\r\nHost: p.test\r\n\r\n");
+    client.send(&batch);
+
+    let head = client.read_head_response();
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("4096"))
+    );
+    assert_eq!(client.read_response().status, 204);
+    assert_eq!(client.read_response().body, b"first and second");
+    assert!(client.read_response().body == pattern(777));
+    assert_eq!(client.read_response().status, 304);
+    let last = client.read_response();
+    assert!(
+        last.body == pattern(5000),
+        "close-delimited body after the rest"
+    );
+    assert!(client.closed_by_peer());
+}
