@@ -146,10 +146,14 @@ mod tests {
     fn round_robin_cycles_and_skips_dead() {
         let pool = backends(3);
         let rr = RoundRobin::default();
-        let picks: Vec<_> = (0..6).map(|_| rr.pick(&pool, CLIENT, &[]).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| rr.pick(&pool, CLIENT, &[]).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         pool[1].set_alive(false);
-        let picks: Vec<_> = (0..4).map(|_| rr.pick(&pool, CLIENT, &[]).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| rr.pick(&pool, CLIENT, &[]).unwrap())
+            .collect();
         assert!(!picks.contains(&1), "dead backend picked: {picks:?}");
     }
 
@@ -174,7 +178,11 @@ mod tests {
         for _ in 0..6 {
             seen[lc.pick(&pool, CLIENT, &[]).unwrap()] = true;
         }
-        assert_eq!(seen, [false, true, true], "ties between 1 and 2 must alternate");
+        assert_eq!(
+            seen,
+            [false, true, true],
+            "ties between 1 and 2 must alternate"
+        );
     }
 
     #[test]
@@ -185,7 +193,9 @@ mod tests {
             .collect();
         pool[2].set_alive(false);
         for (n, &was) in before.iter().enumerate() {
-            let now = IpHash.pick(&pool, IpAddr::V4((n as u32).into()), &[]).unwrap();
+            let now = IpHash
+                .pick(&pool, IpAddr::V4((n as u32).into()), &[])
+                .unwrap();
             if was != 2 {
                 assert_eq!(now, was, "client {n} moved without cause");
             }

@@ -10,7 +10,10 @@ use crate::pool::Pool;
 #[derive(Debug)]
 pub enum StartupError {
     /// A listener could not be bound.
-    Bind { addr: SocketAddr, error: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     /// Any other I/O failure while starting (poll, threads).
     Io(std::io::Error),
 }
