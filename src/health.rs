@@ -16,7 +16,8 @@
 //! - **[`HealthEvent`]s** from workers and the admin API: a worker whose connect was
 //!   refused or reset has already marked the backend DOWN and reports it
 //!   ([`HealthEvent::PassiveFailure`]): the DOWN line is logged here, the counters
-//!   restart, and the backend comes back only through passing checks. A backend added
+//!   restart, and the backend comes back only through passing checks (a check already
+//!   running when it failed is recorded but not counted). A backend added
 //!   through the admin API ([`HealthEvent::Added`]) is checked at once, and its first
 //!   passing check marks it UP;
 //! - **the stop channel**, closed by [`HealthHandle::stop`] (or its drop).
@@ -24,7 +25,9 @@
 //! A check (on its own thread) resolves the backend's host again, so a DNS change is
 //! followed ([`Backend::set_addr`]), then connects and, when `health_check_path` is
 //! set, sends `GET path` and reads the status line: 2xx or 3xx passes. The whole check,
-//! connect and read and write, stays within `health_check_timeout`.
+//! connect and write and read, stays within `health_check_timeout`; the DNS lookup
+//! counts against it too, though std cannot cut a lookup short (a stuck resolver only
+//! delays that backend's own checks).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -200,6 +203,10 @@ struct Tracked {
     backend: Arc<Backend>,
     state: HealthState,
     checking: bool,
+    /// Moves on every passive failure. A check started before one carries the old
+    /// value, and its result is only recorded, not counted: it may have passed just
+    /// before the backend broke.
+    epoch: u64,
     /// A backend that starts DOWN without having failed (added at runtime) goes UP on
     /// its first passing check, whatever `healthy_threshold` says (the contract).
     first_pass_decides: bool,
@@ -212,6 +219,7 @@ impl Tracked {
             backend,
             state: HealthState::new(alive),
             checking: false,
+            epoch: 0,
             first_pass_decides: !alive,
         }
     }
@@ -220,6 +228,7 @@ impl Tracked {
 /// A finished check, sent back by its thread.
 struct CheckResult {
     id: u64,
+    epoch: u64,
     record: CheckRecord,
 }
 
@@ -288,6 +297,7 @@ impl Monitor {
             return;
         }
         let backend = Arc::clone(&tracked.backend);
+        let epoch = tracked.epoch;
         let probe = Arc::clone(&self.probe);
         let results = self.results.clone();
         let spawned = thread::Builder::new()
@@ -304,6 +314,7 @@ impl Monitor {
                 // The health thread may have stopped meanwhile; then nobody wants this.
                 let _ = results.send(CheckResult {
                     id: backend.id,
+                    epoch,
                     record,
                 });
             });
@@ -323,6 +334,9 @@ impl Monitor {
         tracked.checking = false;
         let backend = &tracked.backend;
         backend.record_check(result.record.clone());
+        if result.epoch != tracked.epoch {
+            return;
+        }
         let passed = result.record.passed;
         let reason = result.record.reason.as_deref().unwrap_or("check failed");
 
@@ -367,6 +381,7 @@ impl Monitor {
                 // Whatever the checks said before, the backend is DOWN now and needs
                 // `healthy_threshold` passes in a row to return.
                 tracked.state = HealthState::new(false);
+                tracked.epoch += 1;
                 tracked.first_pass_decides = false;
                 backend.set_alive(false);
             }
