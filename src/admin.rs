@@ -193,17 +193,14 @@ impl Acceptor {
     }
 
     fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+        if self.active.load(Ordering::Acquire) >= self.state.max_connections {
+            refuse_busy(stream, peer);
+            return;
+        }
         // mio accepted it non-blocking; the connection thread wants blocking I/O
         // with timeouts.
         if let Err(e) = stream.set_nonblocking(false) {
             debug!("admin {peer}: {e}");
-            return;
-        }
-        if self.active.load(Ordering::Acquire) >= self.state.max_connections {
-            let busy = Response::error(503, "admin API busy, try again").header("Retry-After", "1");
-            // A short write timeout: the acceptor must never wait on a client.
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            busy.send(&stream, peer);
             return;
         }
         let guard = ActiveGuard::new(&self.active);
@@ -218,6 +215,22 @@ impl Acceptor {
             warn!("admin {peer}: cannot start a connection thread: {e}");
         }
     }
+}
+
+/// Answers `503` from the acceptor without ever waiting on the client: the stream is
+/// still non-blocking. What the client has sent so far is read first, because closing
+/// a socket with unread input resets the connection and can destroy the answer.
+fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let busy = Response::error(503, "admin API busy, try again").header("Retry-After", "1");
+    busy.send(&stream, peer);
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// Counts a connection being served; uncounts on drop (including a panic).
