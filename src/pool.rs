@@ -14,10 +14,13 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::config::{BackendSpec, BackendUrl};
+use crate::health::CheckRecord;
+use crate::metrics::{LatencyWindow, UpstreamError};
 
 /// The status classes counted per backend: 1xx, 2xx, 3xx, 4xx, 5xx.
 pub const STATUS_CLASSES: usize = 5;
@@ -38,8 +41,16 @@ pub struct Backend {
     in_flight: AtomicUsize,
     /// Responses relayed, by status class (index 0 is 1xx).
     pub responses: [AtomicU64; STATUS_CLASSES],
-    /// Requests that failed on the backend side (refused, reset, timed out, bad answer).
+    /// Requests that failed on the backend side (refused, reset, timed out, bad answer):
+    /// always the total of `errors`, both moved by [`Backend::count_error`].
     pub failures: AtomicU64,
+    /// Upstream errors by kind, indexed by [`UpstreamError::index`].
+    errors: [AtomicU64; UpstreamError::COUNT],
+    /// Recent time to response head, for /status's p50/p99.
+    latency: LatencyWindow,
+    /// The last active health check. Written only by the health thread and read by
+    /// /status, never on the request path, so a plain mutex is fine.
+    last_check: Mutex<Option<CheckRecord>>,
 }
 
 impl Backend {
@@ -56,6 +67,9 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             responses: Default::default(),
             failures: AtomicU64::new(0),
+            errors: Default::default(),
+            latency: LatencyWindow::default(),
+            last_check: Mutex::new(None),
         }
     }
 
@@ -106,6 +120,43 @@ impl Backend {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Counts one failed request to this backend by why it failed (also moves
+    /// `failures`, their total).
+    pub fn count_error(&self, kind: UpstreamError) {
+        self.errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed requests of one kind so far.
+    pub fn errors(&self, kind: UpstreamError) -> u64 {
+        self.errors[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// Failed requests of every kind so far.
+    pub fn failures_total(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Records how long the backend took to send a response head (lock-free).
+    pub fn observe_latency(&self, latency: Duration) {
+        self.latency.record(latency);
+    }
+
+    /// The `q` quantile (0.0-1.0) of the recent latency, `None` with no recent requests.
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        self.latency.quantile(q)
+    }
+
+    /// The last active health check, if one has finished yet.
+    pub fn last_check(&self) -> Option<CheckRecord> {
+        self.last_check.lock().clone()
+    }
+
+    /// Stores the result of an active health check (the health thread's job).
+    pub fn record_check(&self, record: CheckRecord) {
+        *self.last_check.lock() = Some(record);
     }
 }
 
@@ -247,5 +298,23 @@ mod tests {
         assert_eq!(pool.snapshot().len(), 1);
         assert!(pool.remove("http://127.0.0.1:1").is_none());
         assert_ne!(added.id, removed.id);
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind_and_in_failures() {
+        use crate::metrics::UpstreamError;
+        let pool = Pool::new(&[spec(1)]);
+        let backend = pool.snapshot()[0].clone();
+        backend.count_error(UpstreamError::Refused);
+        backend.count_error(UpstreamError::Refused);
+        backend.count_error(UpstreamError::Timeout);
+        assert_eq!(backend.errors(UpstreamError::Refused), 2);
+        assert_eq!(backend.errors(UpstreamError::Timeout), 1);
+        assert_eq!(backend.errors(UpstreamError::Reset), 0);
+        assert_eq!(backend.failures_total(), 3);
+        assert_eq!(backend.latency_quantile(0.5), None);
+        backend.observe_latency(std::time::Duration::from_millis(10));
+        assert!(backend.latency_quantile(0.5).is_some());
+        assert!(backend.last_check().is_none());
     }
 }

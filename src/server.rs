@@ -2,9 +2,14 @@
 //!
 //! [`Server::start`] binds every socket first (so a port that is taken fails the
 //! start, before any thread runs), then starts one [`Worker`] thread per core, each
-//! on its own `SO_REUSEPORT` listener. [`Server::shutdown`] asks every worker to
-//! drain through its `mio::Waker` and joins them. [`run`] is the binary's entry: it
-//! starts the server and turns SIGINT/SIGTERM into a graceful shutdown.
+//! on its own `SO_REUSEPORT` listener, the health thread ([`crate::health`]) and the
+//! admin thread ([`crate::admin`]). They share the [`Pool`], the [`Metrics`], and a
+//! channel on which workers and the admin API tell the health thread about passive
+//! failures and pool changes.
+//!
+//! [`Server::shutdown`] stops the admin API, asks every worker to drain through its
+//! `mio::Waker`, joins them, and stops the health thread. [`run`] is the binary's
+//! entry: it starts the server and turns SIGINT/SIGTERM into a graceful shutdown.
 
 use std::fmt;
 use std::io;
@@ -17,8 +22,11 @@ use log::{info, warn};
 use mio::Waker;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::admin::{self, AdminHandle, AdminState};
 use crate::balance;
 use crate::config::Config;
+use crate::health::{self, HealthHandle};
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::worker::{Shared, Worker};
 
@@ -55,8 +63,8 @@ pub struct Server {
     shared: Arc<Shared>,
     wakers: Vec<Arc<Waker>>,
     workers: Vec<JoinHandle<()>>,
-    /// Held so the admin port stays ours until the admin thread takes it.
-    _admin_listener: TcpListener,
+    admin: Option<AdminHandle>,
+    health: Option<HealthHandle>,
 }
 
 impl Server {
@@ -78,10 +86,22 @@ impl Server {
         let admin_addr = admin_listener.local_addr()?;
 
         let pool = Arc::new(Pool::new(&config.backends));
+        let metrics = Arc::new(Metrics::new());
+        let (health_tx, health_rx) = crossbeam_channel::unbounded();
+        let health = health::spawn(&config, Arc::clone(&pool), health_rx)?;
+        let admin_state = AdminState::new(
+            Arc::clone(&pool),
+            Arc::clone(&metrics),
+            health_tx.clone(),
+            config.admin_token.clone(),
+        );
+        let admin = admin::spawn(admin_listener, admin_state)?;
         let shared = Arc::new(Shared {
             balancer: balance::for_strategy(config.strategy),
             config,
             pool,
+            metrics,
+            health: health_tx,
             stopping: AtomicBool::new(false),
             open_connections: AtomicUsize::new(0),
         });
@@ -92,7 +112,8 @@ impl Server {
             shared: Arc::clone(&shared),
             wakers: Vec::with_capacity(workers),
             workers: Vec::with_capacity(workers),
-            _admin_listener: admin_listener,
+            admin: Some(admin),
+            health: Some(health),
         };
         for (id, listener) in listeners.into_iter().enumerate() {
             let (worker, waker) = Worker::new(id, listener, Arc::clone(&shared))?;
@@ -128,6 +149,9 @@ impl Server {
     }
 
     fn stop_and_join(&mut self) {
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
         self.shared.stopping.store(true, Ordering::Release);
         for waker in &self.wakers {
             if let Err(error) = waker.wake() {
@@ -138,6 +162,9 @@ impl Server {
             if handle.join().is_err() {
                 warn!("a worker thread panicked");
             }
+        }
+        if let Some(health) = self.health.take() {
+            health.stop();
         }
     }
 }

@@ -54,10 +54,12 @@ use mio::event::Event;
 use mio::net::TcpStream;
 
 use crate::config::Config;
+use crate::health::HealthEvent;
 use crate::http::answers::{render, Answer};
 use crate::http::request::{parse_request, Forwarding, Method};
 use crate::http::response::{parse_response, ResponseContext};
 use crate::http::BodyFraming;
+use crate::metrics::{Metrics, UpstreamError};
 use crate::pool::{Backend, InFlight};
 use crate::worker::buffer::{Buffer, BufferPool};
 
@@ -250,6 +252,9 @@ enum Step {
 pub struct Cx<'a> {
     pub now: Instant,
     pub config: &'a Config,
+    pub metrics: &'a Metrics,
+    /// Where passive failures (a refused connect) are reported to the health thread.
+    pub health: &'a crossbeam_channel::Sender<HealthEvent>,
     pub buffers: &'a mut BufferPool,
     /// The worker is shutting down: finish the current request, keep nothing alive.
     pub draining: bool,
@@ -385,16 +390,14 @@ impl Connection {
                 self.respond(Answer::RequestTimeout, cx)
             }
             Phase::Connecting => {
-                let url = self
-                    .in_flight
-                    .as_ref()
-                    .map(|f| f.backend().url.text.as_str());
-                warn!(
-                    "w{} c{}: connect to {} timed out",
-                    cx.worker,
-                    cx.key,
-                    url.unwrap_or("?")
-                );
+                if let Some(flight) = &self.in_flight {
+                    let backend = flight.backend();
+                    backend.count_error(UpstreamError::Timeout);
+                    warn!(
+                        "w{} c{}: connect to {} timed out",
+                        cx.worker, cx.key, backend.url.text
+                    );
+                }
                 Next::Connect
             }
             Phase::Proxying if self.ex.response_started => Next::Close,
@@ -407,6 +410,9 @@ impl Connection {
                     "w{} c{}: no response within request_timeout, 504",
                     cx.worker, cx.key
                 );
+                if let Some(flight) = &self.in_flight {
+                    flight.backend().count_error(UpstreamError::Timeout);
+                }
                 self.respond(Answer::GatewayTimeout, cx)
             }
             Phase::Tunnel => Next::Close,
@@ -539,27 +545,7 @@ impl Connection {
                 Step::Progress
             }
             ConnectResult::Failed(error) => {
-                let refused = matches!(
-                    error.kind(),
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
-                );
-                if refused {
-                    // A refused connection is a certain sign the backend is not
-                    // there: take it out of rotation now instead of at the next check.
-                    if up.backend.set_alive(false) {
-                        warn!(
-                            "backend {} is DOWN (connection refused)",
-                            up.backend.url.text
-                        );
-                    }
-                }
-                up.backend
-                    .failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(
-                    "w{} c{}: connect to {} failed: {error}",
-                    cx.worker, cx.key, up.backend.url.text
-                );
+                report_connect_failure(&up.backend, &error, cx);
                 Step::Yield(Next::Connect)
             }
         }
@@ -667,7 +653,10 @@ impl Connection {
         }
         self.ex.status = head.status;
         if let Some(flight) = &self.in_flight {
-            flight.backend().count_response(head.status);
+            let backend = flight.backend();
+            backend.count_response(head.status);
+            let sent = self.ex.sent_at.unwrap_or(self.ex.started);
+            backend.observe_latency(cx.now.saturating_duration_since(sent));
         }
         if head.upgrade {
             self.phase = Phase::Tunnel;
@@ -691,12 +680,12 @@ impl Connection {
             cx.worker,
             cx.key,
             self.ex.method.as_str(),
-            self.in_flight
-                .as_ref()
-                .map_or("?", |f| f.backend().url.text.as_str()),
+            self.backend_url(),
             self.ex.status,
             cx.now.saturating_duration_since(self.ex.started)
         );
+        cx.metrics
+            .observe_duration(cx.now.saturating_duration_since(self.ex.started));
         let keep =
             self.ex.keep_alive && self.ex.upload == Half::Done && !self.client_eof && !cx.draining;
         // Read to its end, request fully sent, and the backend said it may go on.
@@ -840,16 +829,13 @@ impl Connection {
 
     /// Ends an exchange that cannot go on, with the right answer for whose fault it was.
     fn fail(&mut self, fault: Fault, cx: &mut Cx) -> Next {
-        let backend = self
-            .in_flight
-            .as_ref()
-            .map_or("?", |f| f.backend().url.text.as_str())
-            .to_owned();
         match fault {
             Fault::Stale if self.ex.retain => {
                 debug!(
-                    "w{} c{}: reused connection to {backend} closed before answering; sending again",
-                    cx.worker, cx.key
+                    "w{} c{}: reused connection to {} closed before answering; sending again",
+                    cx.worker,
+                    cx.key,
+                    self.backend_url()
                 );
                 self.rewind();
                 Next::Reconnect
@@ -865,22 +851,38 @@ impl Connection {
                 self.respond(Answer::BadRequest, cx)
             }
             Fault::BackendGone(why) | Fault::BadResponse(why) if !self.ex.response_started => {
-                warn!("w{} c{}: backend {backend} {why}, 502", cx.worker, cx.key);
-                if let Some(flight) = &self.in_flight {
-                    let backend = flight.backend();
-                    backend
-                        .failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                let url = self.backend_url();
+                warn!("w{} c{}: backend {url} {why}, 502", cx.worker, cx.key);
+                self.count_fault(&fault);
                 self.respond(Answer::BadGateway, cx)
             }
             Fault::BadRequestBody(why) | Fault::BackendGone(why) | Fault::BadResponse(why) => {
+                self.count_fault(&fault);
                 warn!(
                     "w{} c{}: {why} after the response started; closing",
                     cx.worker, cx.key
                 );
                 Next::Close
             }
+        }
+    }
+
+    /// The URL of the request's backend, for log lines.
+    fn backend_url(&self) -> &str {
+        self.in_flight
+            .as_ref()
+            .map_or("?", |f| f.backend().url.text.as_str())
+    }
+
+    /// Counts a backend-side failure against the request's backend.
+    fn count_fault(&self, fault: &Fault) {
+        let kind = match fault {
+            Fault::BadResponse(_) => UpstreamError::BadResponse,
+            Fault::BackendGone(_) | Fault::Stale => UpstreamError::Reset,
+            Fault::ClientGone | Fault::BadRequestBody(_) => return,
+        };
+        if let Some(flight) = &self.in_flight {
+            flight.backend().count_error(kind);
         }
     }
 
@@ -1132,6 +1134,31 @@ impl Connection {
             }
             Io::Closed | Io::Failed => Err(Fault::ClientGone),
         }
+    }
+}
+
+/// Records a failed connect: counted against the backend, and a refused or reset
+/// one marks it DOWN at once (the health thread logs it and brings it back only
+/// through passing checks).
+pub fn report_connect_failure(backend: &Arc<Backend>, error: &io::Error, cx: &Cx) {
+    let (kind, reason) = match error.kind() {
+        io::ErrorKind::ConnectionRefused => (UpstreamError::Refused, Some("connection refused")),
+        io::ErrorKind::ConnectionReset => (UpstreamError::Reset, Some("connection reset")),
+        io::ErrorKind::TimedOut => (UpstreamError::Timeout, None),
+        _ => (UpstreamError::Refused, None),
+    };
+    backend.count_error(kind);
+    warn!(
+        "w{} c{}: connect to {} failed: {error}",
+        cx.worker, cx.key, backend.url.text
+    );
+    if let Some(reason) = reason {
+        let was_alive = backend.set_alive(false);
+        let _ = cx.health.send(HealthEvent::PassiveFailure {
+            backend: Arc::clone(backend),
+            reason,
+            was_alive,
+        });
     }
 }
 

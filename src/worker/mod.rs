@@ -52,7 +52,9 @@ use slab::Slab;
 
 use crate::balance::LoadBalancer;
 use crate::config::Config;
+use crate::health::HealthEvent;
 use crate::http::answers::Answer;
+use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool};
 use buffer::BufferPool;
 use conn::{Connection, Cx, Next, Phase, Upstream};
@@ -74,6 +76,9 @@ pub struct Shared {
     pub config: Config,
     pub pool: Arc<Pool>,
     pub balancer: Box<dyn LoadBalancer>,
+    pub metrics: Arc<Metrics>,
+    /// Passive failures go to the health thread, which owns UP/DOWN transitions.
+    pub health: crossbeam_channel::Sender<HealthEvent>,
     /// Set once to ask every worker to drain and stop.
     pub stopping: AtomicBool,
     /// Open client connections in the whole process, for `max_connections`.
@@ -253,6 +258,8 @@ impl Worker {
                     let mut cx = Cx {
                         now: self.now,
                         config: &self.shared.config,
+                        metrics: &self.shared.metrics,
+                        health: &self.shared.health,
                         buffers: &mut self.buffers,
                         draining: self.drain_deadline.is_some(),
                         worker: self.id,
@@ -304,6 +311,8 @@ impl Worker {
         let mut cx = Cx {
             now: self.now,
             config: &shared.config,
+            metrics: &shared.metrics,
+            health: &shared.health,
             buffers,
             draining: self.drain_deadline.is_some(),
             worker: self.id,
@@ -368,16 +377,7 @@ impl Worker {
                     conn.connecting_to(&cx);
                     return;
                 }
-                Err(error) => {
-                    warn!(
-                        "w{} c{key}: connect to {} failed: {error}",
-                        self.id, backend.url.text
-                    );
-                    if error.kind() == io::ErrorKind::ConnectionRefused && backend.set_alive(false)
-                    {
-                        warn!("backend {} is DOWN (connection refused)", backend.url.text);
-                    }
-                }
+                Err(error) => conn::report_connect_failure(&backend, &error, &cx),
             }
         }
     }
@@ -477,6 +477,8 @@ impl Worker {
         let mut cx = Cx {
             now: self.now,
             config: &self.shared.config,
+            metrics: &self.shared.metrics,
+            health: &self.shared.health,
             buffers: &mut self.buffers,
             draining: self.drain_deadline.is_some(),
             worker: self.id,
@@ -540,6 +542,7 @@ impl Worker {
             let _ = self.poll.registry().deregister(&mut conn.client);
             conn.release_buffers(&mut self.buffers);
             self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+            self.shared.metrics.connection_closed();
             debug!("w{} c{key}: closed", self.id);
         }
     }
@@ -599,6 +602,8 @@ impl Worker {
                     let mut cx = Cx {
                         now: self.now,
                         config: &self.shared.config,
+                        metrics: &self.shared.metrics,
+                        health: &self.shared.health,
                         buffers: &mut self.buffers,
                         draining: self.drain_deadline.is_some(),
                         worker: self.id,
@@ -676,6 +681,8 @@ impl Worker {
         let cx = Cx {
             now: self.now,
             config: &self.shared.config,
+            metrics: &self.shared.metrics,
+            health: &self.shared.health,
             buffers: &mut self.buffers,
             draining: false,
             worker: self.id,
@@ -683,6 +690,7 @@ impl Worker {
         };
         entry.insert(Connection::new(generation, stream, peer, &cx));
         self.shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.connection_opened();
         debug!("w{} c{key}: accepted from {peer}", self.id);
         self.arm_timer(key);
     }
