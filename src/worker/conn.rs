@@ -655,8 +655,10 @@ impl Connection {
         if let Some(flight) = &self.in_flight {
             let backend = flight.backend();
             backend.count_response(head.status);
+            // `cx.now` is when the poll woke, which may precede `sent_at` when the
+            // answer came back within the same step: read the clock again.
             let sent = self.ex.sent_at.unwrap_or(self.ex.started);
-            backend.observe_latency(cx.now.saturating_duration_since(sent));
+            backend.observe_latency(Instant::now().saturating_duration_since(sent));
         }
         if head.upgrade {
             self.phase = Phase::Tunnel;
