@@ -75,22 +75,40 @@ const LINGER: Duration = Duration::from_secs(2);
 /// config validation at 15).
 const MAX_TRIES: usize = 16;
 
-/// What the last events said a socket can do; cleared only by `WouldBlock`.
+/// What the last events said a socket can do.
+///
+/// `writable` is cleared only by `WouldBlock`. `readable` is also cleared by a short
+/// read (fewer bytes than there was room for): the socket was drained, and with
+/// edge-triggered polling any later arrival raises a new event, so the read that
+/// would only say `WouldBlock` is skipped. The exception is a peer that has already
+/// closed (`hup`): its end-of-stream raised no new event, so we keep reading until
+/// the read returns 0.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    pub hup: bool,
 }
 
 impl Readiness {
     /// Adds what `event` reports. Errors and hang-ups count as both: the next read
     /// or write is what tells us what happened.
     pub fn record(&mut self, event: &Event) {
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
+        if event.is_read_closed() || event.is_error() {
+            self.hup = true;
+        }
+        if event.is_readable() || self.hup {
             self.readable = true;
         }
         if event.is_writable() || event.is_write_closed() || event.is_error() {
             self.writable = true;
+        }
+    }
+
+    /// After a read of `n` bytes into `room` bytes of space.
+    pub fn after_read(&mut self, n: usize, room: usize) {
+        if n < room && !self.hup {
+            self.readable = false;
         }
     }
 }
@@ -819,6 +837,9 @@ impl Connection {
     fn closing(&mut self) -> Step {
         if self.client_eof {
             return Step::Yield(Next::Close);
+        }
+        if !self.ready.readable {
+            return Step::Blocked;
         }
         let mut sink = [0u8; 4096];
         loop {

@@ -26,11 +26,13 @@ impl Connection {
             return Ok(false);
         }
         let space = self.client_in.space();
+        let room = space.len();
         if space.is_empty() {
             return Ok(false);
         }
         match classify(self.client.read(space)) {
             Io::Progress(n) => {
+                self.ready.after_read(n, room);
                 self.client_in.fill(n);
                 self.observe_upload()?;
                 Ok(true)
@@ -176,12 +178,14 @@ impl Connection {
             return Ok(false);
         }
         let space = self.backend_in.space();
+        let room = space.len();
         if space.is_empty() {
             return Ok(false);
         }
         match classify(up.stream.read(space)) {
             Io::Progress(0) => Ok(false),
             Io::Progress(n) => {
+                up.ready.after_read(n, room);
                 self.commit_sent();
                 self.backend_in.fill(n);
                 self.observe_download()?;
