@@ -45,7 +45,7 @@ use slab::Slab;
 use crate::balance::LoadBalancer;
 use crate::config::Config;
 use crate::http::answers::Answer;
-use crate::pool::{Backend, Pool};
+use crate::pool::{Backend, Pool, Snapshot};
 use buffer::BufferPool;
 use conn::{Connection, Cx, Next, Phase, Upstream};
 use timers::{Entry, Timers};
@@ -88,7 +88,7 @@ pub struct Worker {
     buffers: BufferPool,
     shared: Arc<Shared>,
     /// This worker's copy of the pool snapshot, refreshed when the pool's version moves.
-    backends: Arc<[Arc<Backend>]>,
+    backends: Arc<Snapshot>,
     pool_version: u64,
     next_generation: u32,
     now: Instant,
