@@ -428,6 +428,7 @@ impl Connection {
         let forwarding = Forwarding {
             client_ip: self.peer.ip(),
             backend_keep_alive: false,
+            sticky_cookie: None,
         };
         let parsed = parse_request(
             self.client_in.data(),
@@ -602,6 +603,7 @@ impl Connection {
                 && self.ex.upload_framing.is_done()
                 && !cx.draining,
             upgrade_requested: self.ex.upgrade_requested,
+            set_cookie: None,
         };
         let max_head = cx.config.max_header_bytes.max(self.backend_in.len());
         let parsed = parse_response(
