@@ -570,6 +570,8 @@ struct BackendView {
     alive: bool,
     current_connections: usize,
     weight: u32,
+    /// The value of the sticky cookie that pins a client to this backend.
+    sticky_id: String,
     requests_total: u64,
     failures_total: u64,
     last_check: Option<LastCheckView>,
@@ -606,6 +608,7 @@ fn view(backend: &Backend) -> BackendView {
         alive: backend.is_alive(),
         current_connections: backend.in_flight(),
         weight: backend.weight,
+        sticky_id: format!("{:016x}", backend.sticky_id),
         requests_total: backend.requests_total(),
         failures_total: backend.failures_total(),
         last_check: backend.last_check().map(|check| LastCheckView {

@@ -2,22 +2,31 @@
 //!
 //! Workers read the pool on every request, the health thread flips backends UP and
 //! DOWN, and the admin thread adds and removes them. So the list itself is a
-//! copy-on-write snapshot (`Arc<[Arc<Backend>]>` behind a `parking_lot::RwLock`):
-//! a change builds a new slice and swaps it in, and readers never wait on a writer
+//! copy-on-write [`Snapshot`] (an `Arc<Snapshot>` behind a `parking_lot::RwLock`):
+//! a change builds a new snapshot and swaps it in, and readers never wait on a writer
 //! for longer than an `Arc` clone. Workers go one step further and keep their own
 //! copy of the snapshot, refreshing it only when [`Pool::version`] moves, so the
 //! request path reads one atomic instead of taking the lock.
 //!
+//! A snapshot is more than the list: everything a strategy needs that depends only on
+//! the set of backends is computed once, when the snapshot is built, so that picking
+//! stays one atomic and a few loads. Today that is the smooth weighted round-robin
+//! schedule ([`Snapshot::schedule`]) that round-robin and least-connections walk.
+//!
 //! Everything that changes per request lives in atomics on the [`Backend`] itself:
 //! liveness, the in-flight count (through the [`InFlight`] guard), and counters.
+//! What never changes is fixed at construction, including the [`Backend::sticky_id`]
+//! that the sticky cookie carries.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
 
+use crate::balance::stable_hash;
 use crate::config::{BackendSpec, BackendUrl};
 use crate::health::CheckRecord;
 use crate::metrics::{LatencyWindow, UpstreamError};
@@ -32,7 +41,13 @@ pub struct Backend {
     /// tables can tell a re-added URL from the backend that was removed.
     pub id: u64,
     pub url: BackendUrl,
+    /// Relative share of traffic, 1-1000.
     pub weight: u32,
+    /// The backend's opaque name in the sticky cookie (written as 16 lowercase hex
+    /// digits, `{:016x}`): the fixed [`stable_hash`] of the normalized URL text, so it
+    /// is the same after a restart and on every spoke instance with this backend, and
+    /// does not show the backend's address. It is also the backend's key in ip-hash.
+    pub sticky_id: u64,
     /// The address connections go to. Written by the health thread when DNS moves;
     /// read once per new backend connection (not per request).
     addr: RwLock<Option<SocketAddr>>,
@@ -61,6 +76,7 @@ impl Backend {
             id,
             url: spec.url.clone(),
             weight: spec.weight,
+            sticky_id: stable_hash(spec.url.text.as_bytes()),
             addr: RwLock::new(resolve(&spec.url)),
             alive: AtomicBool::new(alive),
             removed: AtomicBool::new(false),
@@ -189,10 +205,103 @@ pub enum PoolError {
     Duplicate,
 }
 
+/// One version of the set of backends, with what the strategies precompute from it.
+///
+/// It dereferences to the backend slice, so `snapshot.iter()`, `snapshot.len()` and
+/// `snapshot[i]` work as on a slice; an index into it names a backend for as long as
+/// the caller holds this snapshot.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    backends: Box<[Arc<Backend>]>,
+    schedule: Box<[u32]>,
+}
+
+impl Snapshot {
+    /// A snapshot of `backends`, in that order, with its schedule built.
+    ///
+    /// Building costs `backends × Σweights` steps (weights divided by their common
+    /// divisor first): nothing for a typical pool, and paid on add and remove only,
+    /// never on the request path.
+    pub fn new(backends: Vec<Arc<Backend>>) -> Snapshot {
+        let schedule = smooth_schedule(&backends);
+        Snapshot {
+            backends: backends.into(),
+            schedule,
+        }
+    }
+
+    /// The backends, in pool order.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// One period of smooth weighted round-robin (nginx's interleaving) over every
+    /// backend, alive or not, as indexes into [`Snapshot::backends`]. Backend `i`
+    /// appears `weight_i / g` times, `g` being the weights' greatest common divisor;
+    /// weights 5, 1, 1 give `[0, 0, 1, 0, 2, 0, 0]`. Empty only when the pool is.
+    pub fn schedule(&self) -> &[u32] {
+        &self.schedule
+    }
+
+    /// The index of the backend whose [`Backend::sticky_id`] is `id`, alive or not.
+    pub fn find_sticky(&self, id: u64) -> Option<usize> {
+        self.backends.iter().position(|b| b.sticky_id == id)
+    }
+}
+
+impl Deref for Snapshot {
+    type Target = [Arc<Backend>];
+
+    fn deref(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+}
+
+/// Smooth weighted round-robin as nginx does it (`ngx_http_upstream_get_peer`), run
+/// for one whole period: each step every backend's `current` grows by its weight, the
+/// largest (the first on a tie) is chosen and pays back the total. After `total` steps
+/// every `current` is zero again and backend `i` was chosen exactly `weight_i` times,
+/// spread out rather than in a block.
+fn smooth_schedule(backends: &[Arc<Backend>]) -> Box<[u32]> {
+    // Weights are 1-1000 by configuration; `max(1)` keeps a stray 0 from leaving a
+    // backend out of the period or the period empty.
+    let divisor = backends
+        .iter()
+        .map(|b| u64::from(b.weight.max(1)))
+        .fold(0, gcd);
+    let weights: Vec<i64> = backends
+        .iter()
+        .map(|b| (u64::from(b.weight.max(1)) / divisor.max(1)) as i64)
+        .collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, weight) in weights.iter().enumerate() {
+            current[i] += weight;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        schedule.push(best as u32);
+    }
+    schedule.into()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// The set of backends, as a snapshot that changes only by being replaced.
 #[derive(Debug)]
 pub struct Pool {
-    backends: RwLock<Arc<[Arc<Backend>]>>,
+    backends: RwLock<Arc<Snapshot>>,
     version: AtomicU64,
     next_id: AtomicU64,
 }
@@ -207,14 +316,14 @@ impl Pool {
             .map(|(i, spec)| Arc::new(Backend::new(i as u64, spec, true)))
             .collect();
         Pool {
-            backends: RwLock::new(backends.into()),
+            backends: RwLock::new(Arc::new(Snapshot::new(backends))),
             version: AtomicU64::new(0),
             next_id: AtomicU64::new(specs.len() as u64),
         }
     }
 
     /// The current backends.
-    pub fn snapshot(&self) -> Arc<[Arc<Backend>]> {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(&self.backends.read())
     }
 
@@ -233,13 +342,16 @@ impl Pool {
     pub fn add(&self, spec: &BackendSpec) -> Result<Arc<Backend>, PoolError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let backend = Arc::new(Backend::new(id, spec, false));
-        let mut guard = self.backends.write();
+        // An upgradable read shuts out other writers but not readers, so the new
+        // snapshot (and its schedule) is built while workers keep reading the old one.
+        let guard = self.backends.upgradable_read();
         if guard.iter().any(|b| b.url == spec.url) {
             return Err(PoolError::Duplicate);
         }
         let mut next: Vec<Arc<Backend>> = guard.iter().cloned().collect();
         next.push(Arc::clone(&backend));
-        *guard = next.into();
+        let next = Arc::new(Snapshot::new(next));
+        *RwLockUpgradableReadGuard::upgrade(guard) = next;
         self.version.fetch_add(1, Ordering::Release);
         Ok(backend)
     }
@@ -247,12 +359,13 @@ impl Pool {
     /// Takes the backend with this URL out of the pool. Requests already in flight
     /// to it hold their own `Arc` and finish normally.
     pub fn remove(&self, url: &str) -> Option<Arc<Backend>> {
-        let mut guard = self.backends.write();
+        let guard = self.backends.upgradable_read();
         let position = guard.iter().position(|b| b.url.text == url)?;
         let mut next: Vec<Arc<Backend>> = guard.iter().cloned().collect();
         let removed = next.remove(position);
+        let next = Arc::new(Snapshot::new(next));
         removed.removed.store(true, Ordering::Release);
-        *guard = next.into();
+        *RwLockUpgradableReadGuard::upgrade(guard) = next;
         self.version.fetch_add(1, Ordering::Release);
         Some(removed)
     }
@@ -283,6 +396,72 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(backend.in_flight(), 0);
+    }
+
+    #[test]
+    fn sticky_id_is_fixed_by_the_url() {
+        let a = Backend::new(1, &spec(8080), true);
+        let again = Backend::new(7, &spec(8080), false);
+        let other = Backend::new(1, &spec(8081), true);
+        assert_eq!(a.sticky_id, again.sticky_id, "same URL, same id");
+        assert_ne!(a.sticky_id, other.sticky_id);
+        // The value itself is part of the contract with clients holding cookies.
+        assert_eq!(format!("{:016x}", a.sticky_id), "deb0eaf72f32054b");
+        // Two pools built apart agree, and find backends by it.
+        let (p, q) = (
+            Pool::new(&[spec(1), spec(2)]),
+            Pool::new(&[spec(2), spec(1)]),
+        );
+        let (p, q) = (p.snapshot(), q.snapshot());
+        let id = p[0].sticky_id;
+        assert_eq!(p.find_sticky(id), Some(0));
+        assert_eq!(q.find_sticky(id), Some(1));
+        assert_eq!(q.find_sticky(a.sticky_id), None);
+    }
+
+    fn weighted(weights: &[u32]) -> Snapshot {
+        let backends = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| {
+                let spec = BackendSpec {
+                    weight,
+                    ..spec(i as u16 + 1)
+                };
+                Arc::new(Backend::new(i as u64, &spec, true))
+            })
+            .collect();
+        Snapshot::new(backends)
+    }
+
+    #[test]
+    fn schedule_is_smooth_and_reduced() {
+        assert_eq!(weighted(&[5, 1, 1]).schedule(), [0, 0, 1, 0, 2, 0, 0]);
+        // 10, 2, 2 is 5, 1, 1 scaled: the same period.
+        assert_eq!(weighted(&[10, 2, 2]).schedule(), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(weighted(&[1, 1, 1]).schedule(), [0, 1, 2]);
+        assert_eq!(weighted(&[2, 3]).schedule(), [1, 0, 1, 0, 1]);
+        assert!(weighted(&[]).schedule().is_empty());
+        // Each backend appears exactly its weight's share of the period.
+        let big = weighted(&[1000, 999, 1, 37]);
+        for (i, w) in [1000, 999, 1, 37].into_iter().enumerate() {
+            let n = big.schedule().iter().filter(|&&s| s as usize == i).count();
+            assert_eq!(n, w);
+        }
+    }
+
+    #[test]
+    fn snapshot_changes_with_add_and_remove() {
+        let pool = Pool::new(&[spec(1)]);
+        let before = pool.snapshot();
+        pool.add(&spec(2)).unwrap();
+        assert_eq!(pool.snapshot().schedule(), [0, 1]);
+        pool.remove("http://127.0.0.1:1").unwrap();
+        assert_eq!(pool.snapshot().schedule(), [0]);
+        assert_eq!(pool.snapshot()[0].url.port, 2);
+        // A snapshot already handed out does not change.
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].url.port, 1);
     }
 
     #[test]

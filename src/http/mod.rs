@@ -5,7 +5,8 @@
 //! to the backend); the request body, framed by [`BodyFraming`]; then
 //! [`response::parse_response`] on the backend's bytes (interim 1xx heads first, if any)
 //! and the response body, framed the same way. Anything the proxy answers itself comes
-//! from [`answers`].
+//! from [`answers`]. With a sticky cookie configured, [`cookie`] finds it in the request
+//! and writes the `Set-Cookie` that pins a client to its backend.
 //!
 //! The worker never interprets a body: it only needs to know where each message
 //! ends, so that keep-alive and pipelining work and bytes of one message never leak
@@ -14,6 +15,7 @@
 
 pub mod answers;
 pub mod chunked;
+pub mod cookie;
 pub mod request;
 pub mod response;
 

@@ -9,6 +9,9 @@
 //!
 //! The rewrite keeps the request line and every end-to-end field byte for byte, drops the
 //! hop-by-hop fields (RFC 9110 §7.6.1) and appends `Connection` and `X-Forwarded-*`.
+//! When a sticky cookie name is given, the backend id the request's cookie carries is
+//! reported in [`RequestHead::sticky`] (see [`super::cookie`]); the `Cookie` fields
+//! themselves are forwarded as they are.
 //! Nothing is allocated: httparse gets a stack array of headers, and the output goes
 //! straight into `out`.
 
@@ -16,6 +19,7 @@ use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
 use super::answers::Answer;
+use super::cookie;
 use super::head::{self, Out, ScanError};
 use super::{BodyFraming, ChunkedDecoder};
 
@@ -89,14 +93,17 @@ impl Method {
     }
 }
 
-/// What the proxy adds to a forwarded request.
+/// What the proxy adds to a forwarded request, and what it looks for in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Forwarding {
+pub struct Forwarding<'a> {
     /// The client's address, appended to `X-Forwarded-For`.
     pub client_ip: IpAddr,
     /// The backend connection will be pooled afterwards; when false the backend is told
     /// `Connection: close`.
     pub backend_keep_alive: bool,
+    /// The configured `sticky_cookie` name: report its backend id in
+    /// [`RequestHead::sticky`]. `None`: cookies are not looked at.
+    pub sticky_cookie: Option<&'a str>,
 }
 
 /// A complete, accepted request head.
@@ -117,6 +124,10 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// `Connection: upgrade` and an `Upgrade` header, in HTTP/1.1.
     pub upgrade: bool,
+    /// The backend id ([`Backend::sticky_id`](crate::pool::Backend::sticky_id)) in the
+    /// sticky cookie, when one is configured and the request carries it with a
+    /// well-formed value. It may name a backend that is gone: the worker checks.
+    pub sticky: Option<u64>,
 }
 
 /// Why a request is refused.
@@ -169,7 +180,7 @@ pub fn parse_request(
     input: &[u8],
     max_head: usize,
     out: &mut [u8],
-    fwd: &Forwarding,
+    fwd: &Forwarding<'_>,
 ) -> Result<Option<RequestHead>, RequestError> {
     let span = head::scan(input).map_err(|e| match e {
         ScanError::BareLf => RequestError::Malformed("bare LF in head"),
@@ -258,6 +269,9 @@ pub fn parse_request(
         keep_alive,
         expect_continue: !http10 && fields.expect_continue,
         upgrade,
+        sticky: fwd
+            .sticky_cookie
+            .and_then(|name| cookie::find(req.headers, name)),
     }))
 }
 
@@ -436,10 +450,11 @@ mod tests {
 
     const MAX: usize = 16384;
 
-    fn fwd() -> Forwarding {
+    fn fwd() -> Forwarding<'static> {
         Forwarding {
             client_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
             backend_keep_alive: true,
+            sticky_cookie: None,
         }
     }
 
@@ -453,7 +468,7 @@ mod tests {
         parse_with(input, &fwd())
     }
 
-    fn parse_with(input: &[u8], fwd: &Forwarding) -> (RequestHead, String) {
+    fn parse_with(input: &[u8], fwd: &Forwarding<'_>) -> (RequestHead, String) {
         let mut out = [0u8; 4096];
         let head = parse_request(input, MAX, &mut out, fwd)
             .expect("accepted")
@@ -846,6 +861,7 @@ mod tests {
         let fwd = Forwarding {
             client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
             backend_keep_alive: true,
+            sticky_cookie: None,
         };
         let (head, text) = parse_with(b"GET / HTTP/1.0\r\n\r\n", &fwd);
         assert!(head.http10);
@@ -860,6 +876,7 @@ mod tests {
         let fwd = Forwarding {
             client_ip: IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()),
             backend_keep_alive: false,
+            sticky_cookie: None,
         };
         let (_, text) = parse_with(
             b"GET / HTTP/1.1\r\nHost: h:8080\r\nConnection: close\r\n\r\n",
@@ -870,6 +887,44 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h:8080\r\nConnection: close\r\nX-Forwarded-For: 192.0.2.1\r\n\
              X-Forwarded-Proto: http\r\nX-Forwarded-Host: h:8080\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn sticky_cookie_is_reported_and_forwarded_unchanged() {
+        let fwd = Forwarding {
+            sticky_cookie: Some("SPOKE"),
+            ..fwd()
+        };
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: theme=dark; SPOKE=00c0ffee12345678\r\n\
+            Cookie: lang=en\r\n\r\n";
+        let (head, text) = parse_with(input, &fwd);
+        assert_eq!(head.sticky, Some(0x00c0_ffee_1234_5678));
+        assert_eq!(
+            text,
+            "GET / HTTP/1.1\r\nHost: a\r\nCookie: theme=dark; SPOKE=00c0ffee12345678\r\n\
+             Cookie: lang=en\r\nX-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n\
+             X-Forwarded-Host: a\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn sticky_cookie_absent_malformed_or_not_configured() {
+        let fwd = Forwarding {
+            sticky_cookie: Some("SPOKE"),
+            ..fwd()
+        };
+        for input in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: other=00c0ffee12345678\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: SPOKE=10.0.0.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Cookie: SPOKE=00c0ffee12345678\r\n\r\n",
+        ] {
+            assert_eq!(parse_with(input, &fwd).0.sticky, None);
+        }
+        // Without a configured name the cookie is not looked at.
+        let (head, _) =
+            parse_ok(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: SPOKE=00c0ffee12345678\r\n\r\n");
+        assert_eq!(head.sticky, None);
     }
 
     #[test]

@@ -7,20 +7,22 @@
 //! connection), whether more heads follow (interim 1xx), whether a tunnel follows (101),
 //! and what becomes of both connections afterwards. The head for the client is written
 //! into the caller's `out` slice with the hop-by-hop fields replaced by our own
-//! `Connection` field. A [`ResponseError`] means the backend cannot be trusted with this
+//! `Connection` field, and with a `Set-Cookie` pinning the client to this backend when
+//! the caller asks for one ([`ResponseContext::set_cookie`]). A [`ResponseError`] means the backend cannot be trusted with this
 //! exchange: the client gets a 502 (if nothing was sent yet) and the backend connection
 //! is closed.
 
 use std::fmt;
 
 use super::answers::Answer;
+use super::cookie;
 use super::head::{self, Out, ScanError};
 use super::request::{Method, MAX_HEADERS};
 use super::{BodyFraming, ChunkedDecoder};
 
-/// What the request said, which the response rules depend on.
+/// What the request said, which the response rules depend on, and what to add.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ResponseContext {
+pub struct ResponseContext<'a> {
     pub request_method: Method,
     /// The client spoke HTTP/1.0: it gets no interim responses and needs an explicit
     /// `Connection: keep-alive` to keep its connection.
@@ -29,6 +31,10 @@ pub struct ResponseContext {
     pub client_keep_alive: bool,
     /// The request asked for an upgrade, so a 101 is acceptable.
     pub upgrade_requested: bool,
+    /// `(cookie name, backend sticky id)`: append `Set-Cookie: <name>=<id>; Path=/;
+    /// HttpOnly` to a final response (never to a 1xx or a 101, which are not the
+    /// answer the client keeps).
+    pub set_cookie: Option<(&'a str, u64)>,
 }
 
 /// A complete, accepted response head.
@@ -92,7 +98,7 @@ pub fn parse_response(
     input: &[u8],
     max_head: usize,
     out: &mut [u8],
-    ctx: &ResponseContext,
+    ctx: &ResponseContext<'_>,
 ) -> Result<Option<ResponseHead>, ResponseError> {
     let span = head::scan(input).map_err(|e| match e {
         ScanError::BareLf => ResponseError::Malformed("bare LF in head"),
@@ -187,6 +193,9 @@ pub fn parse_response(
         if forwarded(field, res.headers, upgrade, fields.transfer_encoding) {
             w.put(line).map_err(full)?;
         }
+    }
+    if let Some((name, id)) = ctx.set_cookie.filter(|_| !informational) {
+        cookie::write_set_cookie(&mut w, name, id).map_err(full)?;
     }
     if upgrade {
         w.put(b"Connection: upgrade\r\n").map_err(full)?;
@@ -309,21 +318,25 @@ mod tests {
 
     const MAX: usize = 16384;
 
-    fn ctx() -> ResponseContext {
+    fn ctx() -> ResponseContext<'static> {
         ResponseContext {
             request_method: Method::Get,
             client_http10: false,
             client_keep_alive: true,
             upgrade_requested: false,
+            set_cookie: None,
         }
     }
 
-    fn parse(input: &[u8], ctx: &ResponseContext) -> Result<Option<ResponseHead>, ResponseError> {
+    fn parse(
+        input: &[u8],
+        ctx: &ResponseContext<'_>,
+    ) -> Result<Option<ResponseHead>, ResponseError> {
         let mut out = [0u8; 4096];
         parse_response(input, MAX, &mut out, ctx)
     }
 
-    fn parse_ok(input: &[u8], ctx: &ResponseContext) -> (ResponseHead, String) {
+    fn parse_ok(input: &[u8], ctx: &ResponseContext<'_>) -> (ResponseHead, String) {
         let mut out = [0u8; 4096];
         let head = parse_response(input, MAX, &mut out, ctx)
             .expect("accepted")
@@ -332,7 +345,7 @@ mod tests {
         (head, text)
     }
 
-    fn body_of(input: &[u8], ctx: &ResponseContext) -> BodyFraming {
+    fn body_of(input: &[u8], ctx: &ResponseContext<'_>) -> BodyFraming {
         parse_ok(input, ctx).0.body
     }
 
@@ -579,6 +592,62 @@ mod tests {
     }
 
     #[test]
+    fn set_cookie_is_appended_to_final_responses() {
+        let c = ResponseContext {
+            set_cookie: Some(("SPOKE", 0x00c0_ffee_1234_5678)),
+            client_keep_alive: false,
+            ..ctx()
+        };
+        let input = b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc\r\nContent-Length: 2\r\n\r\nok";
+        let (_, text) = parse_ok(input, &c);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nSet-Cookie: session=abc\r\nContent-Length: 2\r\n\
+             Set-Cookie: SPOKE=00c0ffee12345678; Path=/; HttpOnly\r\nConnection: close\r\n\r\n"
+        );
+        // Bodiless answers keep the client too.
+        let (_, text) = parse_ok(b"HTTP/1.1 304 Not Modified\r\n\r\n", &c);
+        assert_eq!(
+            text,
+            "HTTP/1.1 304 Not Modified\r\n\
+             Set-Cookie: SPOKE=00c0ffee12345678; Path=/; HttpOnly\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn set_cookie_is_not_added_to_interim_or_switching_responses() {
+        let c = ResponseContext {
+            set_cookie: Some(("SPOKE", 1)),
+            upgrade_requested: true,
+            ..ctx()
+        };
+        let (_, text) = parse_ok(b"HTTP/1.1 100 Continue\r\n\r\n", &c);
+        assert_eq!(text, "HTTP/1.1 100 Continue\r\n\r\n");
+        let (_, text) = parse_ok(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            &c,
+        );
+        assert_eq!(
+            text,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn set_cookie_that_does_not_fit_is_too_large() {
+        let c = ResponseContext {
+            set_cookie: Some(("SPOKE", 1)),
+            ..ctx()
+        };
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let mut out = [0u8; 60];
+        assert_eq!(
+            parse_response(input, MAX, &mut out, &c),
+            Err(ResponseError::HeadTooLarge)
+        );
+    }
+
+    #[test]
     fn switching_protocols_without_upgrade_request() {
         let input = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         assert_eq!(parse(input, &ctx()), Err(ResponseError::UnexpectedUpgrade));
@@ -669,13 +738,15 @@ mod tests {
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600),
                                     max_head in 0usize..700, out_len in 0usize..700,
                                     head_req in any::<bool>(), http10 in any::<bool>(),
-                                    keep in any::<bool>(), upgrade in any::<bool>()) {
+                                    keep in any::<bool>(), upgrade in any::<bool>(),
+                                    sticky in any::<Option<u64>>()) {
             let mut out = vec![0u8; out_len];
             let c = ResponseContext {
                 request_method: if head_req { Method::Head } else { Method::Get },
                 client_http10: http10,
                 client_keep_alive: keep,
                 upgrade_requested: upgrade,
+                set_cookie: sticky.map(|id| ("SPOKE", id)),
             };
             let _ = parse_response(&bytes, max_head, &mut out, &c);
         }

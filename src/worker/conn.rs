@@ -209,6 +209,8 @@ struct Exchange {
     started: Instant,
     /// When the request was fully sent; `request_timeout` counts from here.
     sent_at: Option<Instant>,
+    /// The backend id named by the request's sticky cookie, if any.
+    sticky: Option<u64>,
     /// On a reused backend connection, sent bytes stay in the buffers (counted by
     /// `head_sent` and `up_sent`) until the first byte of the answer arrives, so the
     /// request can be sent again if the connection turns out to be stale.
@@ -236,6 +238,7 @@ impl Exchange {
             response_started: false,
             started: now,
             sent_at: None,
+            sticky: None,
             retain: false,
             head_sent: 0,
             up_sent: 0,
@@ -372,9 +375,14 @@ impl Connection {
         buffers.detach(&mut self.head_out);
     }
 
-    /// Where the current request is going, for the worker's connect step.
+    /// Where the current request comes from, for the worker's connect step.
     pub fn client_ip(&self) -> std::net::IpAddr {
         self.peer.ip()
+    }
+
+    /// The backend the request's sticky cookie pins it to, if any.
+    pub fn sticky(&self) -> Option<u64> {
+        self.ex.sticky
     }
 
     /// Does all the I/O that can be done now, phase by phase, until something must
@@ -483,6 +491,7 @@ impl Connection {
         let forwarding = Forwarding {
             client_ip: self.peer.ip(),
             backend_keep_alive: cx.config.backend_keepalive > 0,
+            sticky_cookie: cx.config.sticky_cookie.as_deref(),
         };
         let parsed = parse_request(
             self.client_in.data(),
@@ -500,6 +509,7 @@ impl Connection {
                     client_http10: head.http10,
                     keep_alive: head.keep_alive && !cx.draining,
                     upgrade_requested: head.upgrade,
+                    sticky: head.sticky,
                     upload: Half::Head,
                     upload_framing: head.body,
                     download: Half::Head,
@@ -648,6 +658,7 @@ impl Connection {
                 && self.ex.upload_framing.is_done()
                 && !cx.draining,
             upgrade_requested: self.ex.upgrade_requested,
+            set_cookie: self.cookie_to_set(cx),
         };
         let max_head = cx.config.max_header_bytes.max(self.backend_in.len());
         let parsed = parse_response(
@@ -695,6 +706,14 @@ impl Connection {
         self.ex.download = Half::Body;
         self.observe_download()?;
         Ok(true)
+    }
+
+    /// The sticky cookie the response must carry: the backend's id, unless the
+    /// request already named that backend.
+    fn cookie_to_set<'c>(&self, cx: &Cx<'c>) -> Option<(&'c str, u64)> {
+        let name = cx.config.sticky_cookie.as_deref()?;
+        let id = self.in_flight.as_ref()?.backend().sticky_id;
+        (self.ex.sticky != Some(id)).then_some((name, id))
     }
 
     /// The response is complete and flushed: next request, or close.

@@ -55,7 +55,7 @@ use crate::config::Config;
 use crate::health::HealthEvent;
 use crate::http::answers::Answer;
 use crate::metrics::Metrics;
-use crate::pool::{Backend, Pool};
+use crate::pool::{Backend, Pool, Snapshot};
 use buffer::BufferPool;
 use conn::{Connection, Cx, Next, Phase, Upstream};
 use timers::{Entry, Slot, Timers};
@@ -104,7 +104,7 @@ pub struct Worker {
     buffers: BufferPool,
     shared: Arc<Shared>,
     /// This worker's copy of the pool snapshot, refreshed when the pool's version moves.
-    backends: Arc<[Arc<Backend>]>,
+    backends: Arc<Snapshot>,
     pool_version: u64,
     next_generation: u32,
     now: Instant,
@@ -324,9 +324,12 @@ impl Worker {
                 conn.respond(Answer::BadGateway, &mut cx);
                 return;
             }
-            let pick = shared
-                .balancer
-                .pick(backends, conn.client_ip(), conn.tried.as_slice());
+            let pick = shared.balancer.pick_sticky(
+                backends,
+                conn.sticky(),
+                conn.client_ip(),
+                conn.tried.as_slice(),
+            );
             let Some(index) = pick else {
                 let answer = if conn.tried.is_empty() {
                     warn!("w{} c{key}: no backend alive, 503", self.id);
