@@ -731,8 +731,12 @@ impl Connection {
             .observe_duration(cx.now.saturating_duration_since(self.ex.started));
         let keep =
             self.ex.keep_alive && self.ex.upload == Half::Done && !self.client_eof && !cx.draining;
-        // Read to its end, request fully sent, and the backend said it may go on.
-        let reusable = self.ex.backend_reusable && self.ex.upload == Half::Done;
+        // Read to its end, request fully sent, the backend said it may go on, and it
+        // sent nothing past the end of its answer (bytes there would poison the next
+        // request on this connection).
+        let reusable = self.ex.backend_reusable
+            && self.ex.upload == Half::Done
+            && self.backend_in.is_empty();
         self.backend_in.clear();
         if keep {
             self.next_request(cx);
