@@ -5,5 +5,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod pool;
+pub mod ratelimit;
 pub mod server;
 pub mod worker;
