@@ -101,8 +101,7 @@ impl RateLimiter {
     pub fn new(limit: RateLimit, max_clients: usize) -> RateLimiter {
         // Config validation guarantees a positive, finite rate and a burst of at least
         // one; clamp anyway so a hand-built `RateLimit` cannot make the arithmetic NaN.
-        let rate = if limit.requests_per_second.is_finite() && limit.requests_per_second > 0.0
-        {
+        let rate = if limit.requests_per_second.is_finite() && limit.requests_per_second > 0.0 {
             limit.requests_per_second
         } else {
             f64::MIN_POSITIVE
@@ -156,15 +155,16 @@ impl RateLimiter {
             let retry_after_secs = (wait as u32).max(1);
             (tokens, Decision::Limit { retry_after_secs })
         };
-        shard
-            .clients
-            .insert(client, Bucket { tokens, last: now });
+        shard.clients.insert(client, Bucket { tokens, last: now });
         decision
     }
 
     /// How many clients are remembered now, across all shards.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().clients.len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().clients.len())
+            .sum()
     }
 
     /// True when no client is remembered.
@@ -260,10 +260,7 @@ mod tests {
         for i in 0..5 {
             assert_eq!(limiter.check(CLIENT, now), Decision::Allow, "request {i}");
         }
-        assert!(matches!(
-            limiter.check(CLIENT, now),
-            Decision::Limit { .. }
-        ));
+        assert!(matches!(limiter.check(CLIENT, now), Decision::Limit { .. }));
         // Another client has its own bucket.
         assert_eq!(limiter.check(ip(1), now), Decision::Allow);
     }

@@ -54,7 +54,11 @@ fn check(request: &[u8], expect: Expect) {
 
     let after = get(proxy.proxy_addr(), "/after");
     assert_eq!(after.status, 200, "another client is still served");
-    assert!(after.text().starts_with("ok GET /after"), "{}", after.text());
+    assert!(
+        after.text().starts_with("ok GET /after"),
+        "{}",
+        after.text()
+    );
     proxy.shutdown();
 }
 
@@ -208,7 +212,11 @@ fn a_request_pipelined_before_a_bad_one_is_answered_first() {
     let mut reader = BufReader::new(stream);
     let first = read_response(&mut reader, false).expect("first response");
     assert_eq!(first.status, 200);
-    assert!(first.text().starts_with("ok GET /first"), "{}", first.text());
+    assert!(
+        first.text().starts_with("ok GET /first"),
+        "{}",
+        first.text()
+    );
     let second = read_response(&mut reader, false).expect("second response");
     assert_eq!(second.status, 400, "{}", second.head);
     assert!(is_closed(&mut reader), "closed after the 400");
@@ -224,19 +232,21 @@ fn a_bad_chunk_after_the_head_was_forwarded_gives_400_and_no_complete_request() 
     let proxy = start_proxy(&[backend.url()], json!({}));
     let mut stream = connect(proxy.proxy_addr());
     stream
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
         .expect("send the head and a good chunk");
     // Let the head and the good chunk reach the backend before the bad chunk size.
-    assert!(wait_until(harness::DEADLINE, || backend
-        .bytes_received()
-        > 0));
+    assert!(wait_until(harness::DEADLINE, || backend.bytes_received() > 0));
     stream.write_all(b"zz\r\nhello\r\n0\r\n\r\n").expect("send");
     let mut reader = BufReader::new(stream);
     let response = read_response(&mut reader, false).expect("a response");
     assert_eq!(response.status, 400, "{}", response.head);
     assert!(is_closed(&mut reader));
     // The backend saw a body cut short, never a complete request.
-    assert!(wait_until(Duration::from_secs(2), || backend.request_count() == 0));
+    assert!(wait_until(Duration::from_secs(2), || backend
+        .request_count()
+        == 0));
     assert_eq!(backend.request_count(), 0);
     assert_eq!(get(proxy.proxy_addr(), "/after").status, 200);
     proxy.shutdown();

@@ -71,7 +71,11 @@ fn checks_do_not_allocate_even_while_evicting() {
         }
         assert!(limiter.len() <= limiter.capacity());
     }
-    assert_eq!(allocations() - before, 0, "allocations during 1,600,000 checks");
+    assert_eq!(
+        allocations() - before,
+        0,
+        "allocations during 1,600,000 checks"
+    );
     // The workload did exercise the limit (repeat visits within the refill time).
     assert!(limited > 0);
 }

@@ -466,6 +466,11 @@ pub fn read_response(reader: &mut impl BufRead, head_request: bool) -> io::Resul
     }
 }
 
+/// Reads just a response head (the body is left in `reader`).
+pub fn read_head_only(reader: &mut impl BufRead) -> io::Result<String> {
+    read_head(reader)?.ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+}
+
 /// Sends `request` on a new connection and reads one response.
 pub fn roundtrip(addr: SocketAddr, request: &[u8]) -> io::Result<(Response, BufReader<TcpStream>)> {
     let mut stream = connect(addr);
@@ -503,7 +508,12 @@ pub fn closed_within(reader: &mut BufReader<TcpStream>, within: Duration) -> boo
         match reader.read(&mut sink) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return false
             }
             Err(_) => return true,
