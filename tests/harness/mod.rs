@@ -14,7 +14,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ pub enum Behaviour {
     Ok,
     /// Like `Ok`, after a pause.
     Delay(Duration),
+    /// Like `Ok`, after a pause for paths starting with `/slow`; at once otherwise.
+    DelaySlowPaths(Duration),
     /// Reads the request and never answers; holds the connection until the peer
     /// closes it.
     Silent,
@@ -241,6 +243,12 @@ fn serve(stream: TcpStream, behaviour: Behaviour, state: &BackendState) {
             Behaviour::Ok => writer.write_all(answer(ok_body()).as_bytes()),
             Behaviour::Delay(pause) => {
                 thread::sleep(pause);
+                writer.write_all(answer(ok_body()).as_bytes())
+            }
+            Behaviour::DelaySlowPaths(pause) => {
+                if parsed.path.starts_with("/slow") {
+                    thread::sleep(pause);
+                }
                 writer.write_all(answer(ok_body()).as_bytes())
             }
             Behaviour::Silent => {
@@ -539,8 +547,8 @@ pub struct Spoke {
     pub child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
-    /// Lines of stderr, as they come.
-    pub log: mpsc::Receiver<String>,
+    /// Every line of stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
@@ -568,24 +576,21 @@ impl Spoke {
                 .spawn()
                 .expect("start spoke");
             let stderr = child.stderr.take().expect("piped stderr");
-            let (tx, log) = mpsc::channel();
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let lines = Arc::clone(&log);
             thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     eprintln!("spoke: {line}");
-                    if tx.send(line).is_err() {
-                        break;
+                    if let Ok(mut lines) = lines.lock() {
+                        lines.push(line);
                     }
                 }
             });
-            let end = Instant::now() + DEADLINE;
-            let mut listening = false;
-            while let Ok(line) = log.recv_timeout(end.saturating_duration_since(Instant::now())) {
-                if line.contains("listening") {
-                    listening = true;
-                    break;
-                }
-            }
+            let listening = wait_until(DEADLINE, || {
+                log.lock()
+                    .is_ok_and(|lines| lines.iter().any(|l| l.contains("listening")))
+            });
             if listening {
                 return Spoke {
                     child,
@@ -628,18 +633,18 @@ impl Spoke {
         }
     }
 
-    /// Waits for a stderr line containing `text`; true if one came within `within`.
-    pub fn wait_log(&self, text: &str, within: Duration) -> bool {
-        let end = Instant::now() + within;
-        while let Ok(line) = self
-            .log
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            if line.contains(text) {
-                return true;
-            }
-        }
-        false
+    /// Waits for `count` stderr lines containing `text`; true if they came within
+    /// `within`.
+    pub fn wait_log(&self, text: &str, count: usize, within: Duration) -> bool {
+        wait_until(within, || self.log_count(text) >= count)
+    }
+
+    /// How many stderr lines so far contain `text`.
+    pub fn log_count(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .map(|lines| lines.iter().filter(|l| l.contains(text)).count())
+            .unwrap_or(0)
     }
 
     /// The proxy's resident set size in KiB, from `/proc/<pid>/status`.
