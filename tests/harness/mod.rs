@@ -88,7 +88,8 @@ pub enum Behaviour {
     /// Reads the request and never answers; holds the connection until the peer
     /// closes it.
     Silent,
-    /// `200` with a `Content-Length` body of this many pattern bytes.
+    /// `200` with a `Content-Length` body of this many pattern bytes (of 16 bytes for
+    /// paths starting with `/small`, to warm up with).
     Download(u64),
     /// Reads the body while checking it against the pattern, pausing `pause` after
     /// each read of at most `read_size` bytes, then answers `200` with body
@@ -112,7 +113,7 @@ struct BackendState {
     requests: Mutex<Vec<Recorded>>,
     /// Connections the peer (the proxy) closed while we held them (`Silent`).
     closed_by_peer: AtomicUsize,
-    /// Bytes written as response bodies (`Download`).
+    /// Bytes written as response bodies, all connections together (`Download`).
     sent: AtomicU64,
 }
 
@@ -263,6 +264,9 @@ fn serve(stream: TcpStream, behaviour: Behaviour, state: &BackendState) {
                 state.closed_by_peer.fetch_add(1, Ordering::SeqCst);
                 return;
             }
+            Behaviour::Download(_) if parsed.path.starts_with("/small") => {
+                send_download(&mut writer, 16, state)
+            }
             Behaviour::Download(n) => send_download(&mut writer, n, state),
             Behaviour::Sink { .. } => {
                 let verdict = if pattern_ok { "ok" } else { "mismatch" };
@@ -286,7 +290,7 @@ fn send_download(writer: &mut TcpStream, n: u64, state: &BackendState) -> io::Re
         fill_pattern(offset, &mut buf[..len]);
         writer.write_all(&buf[..len])?;
         offset += len as u64;
-        state.sent.store(offset, Ordering::SeqCst);
+        state.sent.fetch_add(len as u64, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -562,7 +566,8 @@ impl Spoke {
             if let Some(map) = extra.as_object_mut() {
                 map.insert("port".into(), port.into());
                 map.insert("admin_port".into(), admin_port.into());
-                map.entry("log_level").or_insert("info".into());
+                // The "listening" line the start waits for is logged at info.
+                map.insert("log_level".into(), "info".into());
             }
             let dir = TempDir::new();
             let path = dir.path.join("config.json");
@@ -758,5 +763,55 @@ impl PatternCheck {
             self.ok = false;
         }
         self.len += bytes.len() as u64;
+    }
+}
+
+// ----- Memory ------------------------------------------------------------------------
+
+/// Samples a process's RSS every 20 ms from a thread and keeps the peak.
+pub struct RssMonitor {
+    peak_kib: Arc<AtomicU64>,
+    samples: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl RssMonitor {
+    pub fn start(pid: u32) -> RssMonitor {
+        let peak_kib = Arc::new(AtomicU64::new(0));
+        let samples = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (peak, count, done) = (
+            Arc::clone(&peak_kib),
+            Arc::clone(&samples),
+            Arc::clone(&stop),
+        );
+        let thread = thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if let Some(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::SeqCst);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        RssMonitor {
+            peak_kib,
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; the peak RSS in KiB and the number of samples taken.
+    pub fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        (
+            self.peak_kib.load(Ordering::SeqCst),
+            self.samples.load(Ordering::SeqCst),
+        )
     }
 }
