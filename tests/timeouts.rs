@@ -299,3 +299,23 @@ fn the_rate_limit_gives_429_past_the_burst_and_recovers() {
     assert!(wait_until(DEADLINE, || get(addr, "/").status == 200));
     proxy.shutdown();
 }
+
+#[test]
+fn a_request_body_that_stalls_gets_408_and_is_closed() {
+    let backend = TestBackend::spawn(Behaviour::Ok);
+    let proxy = start_proxy(&[backend.url()], json!({"idle_timeout": "500ms"}));
+    let mut stream = connect(proxy.proxy_addr());
+    stream
+        .write_all(b"POST /stall HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .expect("send");
+    let mut reader = BufReader::new(stream);
+    let response = read_response(&mut reader, false).expect("a response");
+    assert_eq!(response.status, 408, "{}", response.head);
+    assert!(is_closed(&mut reader));
+    assert_eq!(
+        backend.request_count(),
+        0,
+        "no complete request reached the backend"
+    );
+    proxy.shutdown();
+}

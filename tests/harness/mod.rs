@@ -6,6 +6,9 @@
 //! Everything talks to 127.0.0.1 only. Nothing sleeps to synchronise: tests poll with
 //! [`wait_until`] under a deadline, and every client socket has a read timeout, so a
 //! hung proxy fails a test instead of hanging it.
+//!
+//! This is kept apart from `tests/support/mod.rs` (being written on another branch) so
+//! the two can merge without conflict; folding them together later is welcome.
 
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -95,6 +98,12 @@ pub enum Behaviour {
     /// each read of at most `read_size` bytes, then answers `200` with body
     /// `<length> <ok|mismatch>`.
     Sink { read_size: usize, pause: Duration },
+    /// Answers every request with these exact bytes, then closes the connection if
+    /// `close`, else waits for the next request on it.
+    Raw {
+        response: &'static [u8],
+        close: bool,
+    },
 }
 
 /// One request as the backend received it.
@@ -268,6 +277,14 @@ fn serve(stream: TcpStream, behaviour: Behaviour, state: &BackendState) {
                 send_download(&mut writer, 16, state)
             }
             Behaviour::Download(n) => send_download(&mut writer, n, state),
+            Behaviour::Raw { response, close } => {
+                let written = writer.write_all(response);
+                if close {
+                    let _ = writer.shutdown(Shutdown::Both);
+                    return;
+                }
+                written
+            }
             Behaviour::Sink { .. } => {
                 let verdict = if pattern_ok { "ok" } else { "mismatch" };
                 writer.write_all(answer(format!("{length} {verdict}")).as_bytes())
