@@ -8,5 +8,6 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod ratelimit;
 pub mod server;
 pub mod worker;
