@@ -28,6 +28,11 @@ use crate::config::Config;
 use crate::health::{self, HealthHandle};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::ratelimit::RateLimiter;
+
+/// Client addresses the rate limiter remembers at most; past that, idle clients are
+/// forgotten first (see [`crate::ratelimit`]).
+const RATE_LIMIT_CLIENTS: usize = 65_536;
 use crate::worker::{Shared, Worker};
 
 /// Why the proxy could not start.
@@ -96,12 +101,16 @@ impl Server {
             config.admin_token.clone(),
         );
         let admin = admin::spawn(admin_listener, admin_state)?;
+        let limiter = config
+            .rate_limit
+            .map(|limit| RateLimiter::new(limit, RATE_LIMIT_CLIENTS));
         let shared = Arc::new(Shared {
             balancer: balance::for_strategy(config.strategy),
             config,
             pool,
             metrics,
             health: health_tx,
+            limiter,
             stopping: AtomicBool::new(false),
             open_connections: AtomicUsize::new(0),
         });

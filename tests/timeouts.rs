@@ -277,7 +277,6 @@ fn at_max_connections_connected_clients_are_served_and_the_next_waits() {
 }
 
 #[test]
-#[ignore = "waiting for the worker to call RateLimiter::check (issue 5, item 4)"]
 fn the_rate_limit_gives_429_past_the_burst_and_recovers() {
     let backend = TestBackend::spawn(Behaviour::Ok);
     let proxy = start_proxy(

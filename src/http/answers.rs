@@ -170,6 +170,29 @@ pub fn render(answer: Answer, keep_alive: bool) -> &'static [u8] {
     }
 }
 
+/// A `429` whose `Retry-After` says when the client's bucket has a token again,
+/// written into `out` without allocating; `None` if it does not fit.
+pub fn render_too_many_requests(
+    retry_after_secs: u32,
+    keep_alive: bool,
+    out: &mut [u8],
+) -> Option<usize> {
+    use std::fmt::Write as _;
+    let mut w = super::head::Out::new(out);
+    let connection = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    write!(
+        w,
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: 18\r\nRetry-After: {retry_after_secs}\r\n{connection}\r\ntoo many requests\n"
+    )
+    .ok()?;
+    Some(w.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +264,21 @@ mod tests {
             "request header fields too large\n"
         );
         assert_eq!(body(Answer::TooManyRequests), "too many requests\n");
+    }
+
+    #[test]
+    fn too_many_requests_carries_the_exact_retry_after() {
+        let mut out = [0u8; 256];
+        let n = render_too_many_requests(7, false, &mut out).expect("fits");
+        let text = std::str::from_utf8(&out[..n]).expect("utf-8");
+        assert!(text.contains("\r\nRetry-After: 7\r\n"), "{text}");
+        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\ntoo many requests\n"), "{text}");
+        let n = render_too_many_requests(1, true, &mut out).expect("fits");
+        assert!(!std::str::from_utf8(&out[..n])
+            .expect("utf-8")
+            .contains("Connection"));
+        assert_eq!(render_too_many_requests(1, true, &mut [0u8; 10]), None);
     }
 
     #[test]

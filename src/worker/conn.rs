@@ -55,12 +55,13 @@ use mio::net::TcpStream;
 
 use crate::config::Config;
 use crate::health::HealthEvent;
-use crate::http::answers::{render, Answer};
+use crate::http::answers::{render, render_too_many_requests, Answer};
 use crate::http::request::{parse_request, Forwarding, Method};
 use crate::http::response::{parse_response, ResponseContext};
 use crate::http::BodyFraming;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::pool::{Backend, InFlight};
+use crate::ratelimit::{Decision, RateLimiter};
 use crate::worker::buffer::{Buffer, BufferPool};
 
 mod transfer;
@@ -280,6 +281,8 @@ pub struct Cx<'a> {
     pub metrics: &'a Metrics,
     /// Where passive failures (a refused connect) are reported to the health thread.
     pub health: &'a crossbeam_channel::Sender<HealthEvent>,
+    /// The per-client-IP token buckets, when `rate_limit` is set.
+    pub limiter: Option<&'a RateLimiter>,
     pub buffers: &'a mut BufferPool,
     /// The worker is shutting down: finish the current request, keep nothing alive.
     pub draining: bool,
@@ -519,6 +522,17 @@ impl Connection {
                 if let Err(fault) = self.observe_upload() {
                     return Step::Yield(self.fail(fault, cx));
                 }
+                if let Some(limiter) = cx.limiter {
+                    let decision = limiter.check(self.peer.ip(), cx.now);
+                    if let Decision::Limit { retry_after_secs } = decision {
+                        debug!("w{} c{}: rate limited, 429", cx.worker, cx.key);
+                        return Step::Yield(self.respond_with(
+                            Answer::TooManyRequests,
+                            Some(retry_after_secs),
+                            cx,
+                        ));
+                    }
+                }
                 Step::Yield(Next::Connect)
             }
             Ok(None) if self.client_eof => Step::Yield(Next::Close),
@@ -734,9 +748,8 @@ impl Connection {
         // Read to its end, request fully sent, the backend said it may go on, and it
         // sent nothing past the end of its answer (bytes there would poison the next
         // request on this connection).
-        let reusable = self.ex.backend_reusable
-            && self.ex.upload == Half::Done
-            && self.backend_in.is_empty();
+        let reusable =
+            self.ex.backend_reusable && self.ex.upload == Half::Done && self.backend_in.is_empty();
         self.backend_in.clear();
         if keep {
             self.next_request(cx);
@@ -802,6 +815,11 @@ impl Connection {
     /// backend connection is dropped; the client connection survives only when the
     /// whole request has been read and the answer allows it.
     pub fn respond(&mut self, answer: Answer, cx: &mut Cx) -> Next {
+        self.respond_with(answer, None, cx)
+    }
+
+    /// [`Connection::respond`], with the exact `Retry-After` for a `429`.
+    fn respond_with(&mut self, answer: Answer, retry_after: Option<u32>, cx: &mut Cx) -> Next {
         let keepable = matches!(
             answer,
             Answer::BadGateway
@@ -823,7 +841,14 @@ impl Connection {
         self.ex.status = answer.status();
         self.ex.download = Half::Done;
         self.head_to_backend = false;
-        if !self.head_out.set(render(answer, keep)) {
+        self.head_out.clear();
+        let written = match retry_after {
+            Some(secs) => render_too_many_requests(secs, keep, self.head_out.space())
+                .map(|n| self.head_out.fill(n))
+                .is_some(),
+            None => self.head_out.set(render(answer, keep)),
+        };
+        if !written {
             return Next::Close;
         }
         self.phase = Phase::Answering { close_after: !keep };

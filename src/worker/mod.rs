@@ -56,6 +56,7 @@ use crate::health::HealthEvent;
 use crate::http::answers::Answer;
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, Snapshot};
+use crate::ratelimit::RateLimiter;
 use buffer::BufferPool;
 use conn::{Connection, Cx, Next, Phase, Upstream};
 use timers::{Entry, Slot, Timers};
@@ -79,6 +80,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Passive failures go to the health thread, which owns UP/DOWN transitions.
     pub health: crossbeam_channel::Sender<HealthEvent>,
+    /// Token buckets per client IP, when `rate_limit` is set.
+    pub limiter: Option<RateLimiter>,
     /// Set once to ask every worker to drain and stop.
     pub stopping: AtomicBool,
     /// Open client connections in the whole process, for `max_connections`.
@@ -260,6 +263,7 @@ impl Worker {
                         config: &self.shared.config,
                         metrics: &self.shared.metrics,
                         health: &self.shared.health,
+                        limiter: self.shared.limiter.as_ref(),
                         buffers: &mut self.buffers,
                         draining: self.drain_deadline.is_some(),
                         worker: self.id,
@@ -313,6 +317,7 @@ impl Worker {
             config: &shared.config,
             metrics: &shared.metrics,
             health: &shared.health,
+            limiter: shared.limiter.as_ref(),
             buffers,
             draining: self.drain_deadline.is_some(),
             worker: self.id,
@@ -482,6 +487,7 @@ impl Worker {
             config: &self.shared.config,
             metrics: &self.shared.metrics,
             health: &self.shared.health,
+            limiter: self.shared.limiter.as_ref(),
             buffers: &mut self.buffers,
             draining: self.drain_deadline.is_some(),
             worker: self.id,
@@ -607,6 +613,7 @@ impl Worker {
                         config: &self.shared.config,
                         metrics: &self.shared.metrics,
                         health: &self.shared.health,
+                        limiter: self.shared.limiter.as_ref(),
                         buffers: &mut self.buffers,
                         draining: self.drain_deadline.is_some(),
                         worker: self.id,
@@ -686,6 +693,7 @@ impl Worker {
             config: &self.shared.config,
             metrics: &self.shared.metrics,
             health: &self.shared.health,
+            limiter: self.shared.limiter.as_ref(),
             buffers: &mut self.buffers,
             draining: false,
             worker: self.id,
