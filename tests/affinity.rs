@@ -236,11 +236,6 @@ fn weighted_round_robin_splits_7000_requests_5000_1000_1000() {
         json!({
             "workers": 2,
             "backends": weighted(&[(&b[0], 5), (&b[1], 1), (&b[2], 1)]),
-            // The test backend writes head and body in two writes without TCP_NODELAY,
-            // so on a reused backend connection Nagle meets delayed ACK: ~40 ms a
-            // response. Fresh backend connections keep 7000 requests to seconds; the
-            // split does not depend on backend connection reuse.
-            "backend_keepalive": 0,
         }),
     );
     const THREADS: usize = 4;

@@ -202,6 +202,8 @@ impl Read for Counted<'_> {
 }
 
 fn serve(stream: TcpStream, behaviour: Behaviour, state: &BackendState) {
+    // Heads and bodies may go out in separate writes: avoid Nagle's 40 ms stalls.
+    let _ = stream.set_nodelay(true);
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };

@@ -224,6 +224,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             break;
         }
         let Ok(stream) = stream else { continue };
+        // Heads and bodies go out in separate writes: without this, Nagle meets the
+        // proxy's delayed ACK on a reused connection and every answer waits ~40 ms.
+        let _ = stream.set_nodelay(true);
         let id = shared.accepted.fetch_add(1, Ordering::SeqCst);
         if let Ok(clone) = stream.try_clone() {
             shared.live.lock().unwrap().insert(id, clone);
