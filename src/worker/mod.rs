@@ -556,40 +556,21 @@ impl Worker {
         }
     }
 
-    /// Queues the connection's deadline unless an earlier entry is already queued
-    /// (lazy re-arm: see [`timers`]).
+    /// Queues the connection's deadline (lazy re-arm: see [`timers`]).
     fn arm_timer(&mut self, key: usize) {
-        let Some(conn) = self.clients.get_mut(key) else {
-            return;
-        };
-        if let Some(at) = conn.deadline {
-            if conn.queued.is_none_or(|queued| at < queued) {
-                conn.queued = Some(at);
-                self.timers.push(Entry {
-                    at,
-                    slot: Slot::Client,
-                    key,
-                    generation: conn.generation,
-                });
-            }
+        if let Some(conn) = self.clients.get_mut(key) {
+            let (generation, deadline) = (conn.generation, conn.deadline);
+            self.timers
+                .arm(Slot::Client, key, generation, deadline, &mut conn.queued);
         }
     }
 
     /// The same for a pooled backend connection's expiry.
     fn arm_upstream_timer(&mut self, key: usize) {
-        let Some(up) = self.upstreams.get_mut(key) else {
-            return;
-        };
-        if let Some(at) = up.deadline {
-            if up.queued.is_none_or(|queued| at < queued) {
-                up.queued = Some(at);
-                self.timers.push(Entry {
-                    at,
-                    slot: Slot::Backend,
-                    key,
-                    generation: up.generation,
-                });
-            }
+        if let Some(up) = self.upstreams.get_mut(key) {
+            let (generation, deadline) = (up.generation, up.deadline);
+            self.timers
+                .arm(Slot::Backend, key, generation, deadline, &mut up.queued);
         }
     }
 

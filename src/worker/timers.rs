@@ -42,6 +42,30 @@ impl Timers {
         self.heap.push(Reverse(entry));
     }
 
+    /// Queues `deadline` for a connection, lazily: only when it is earlier than the
+    /// entry already queued for it (`queued`, which this updates). A later deadline
+    /// is found when the earlier entry pops.
+    pub fn arm(
+        &mut self,
+        slot: Slot,
+        key: usize,
+        generation: u32,
+        deadline: Option<Instant>,
+        queued: &mut Option<Instant>,
+    ) {
+        if let Some(at) = deadline {
+            if queued.is_none_or(|earliest| at < earliest) {
+                *queued = Some(at);
+                self.push(Entry {
+                    at,
+                    slot,
+                    key,
+                    generation,
+                });
+            }
+        }
+    }
+
     /// The earliest queued deadline, for the poll timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse(entry)| entry.at)
@@ -60,6 +84,21 @@ impl Timers {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn arm_pushes_only_earlier_deadlines() {
+        let now = Instant::now();
+        let mut timers = Timers::default();
+        let mut queued = None;
+        let at = |ms| Some(now + Duration::from_millis(ms));
+        timers.arm(Slot::Client, 1, 0, at(50), &mut queued);
+        timers.arm(Slot::Client, 1, 0, at(80), &mut queued); // later: left for re-arm
+        timers.arm(Slot::Client, 1, 0, at(20), &mut queued); // earlier: queued
+        timers.arm(Slot::Client, 1, 0, None, &mut queued);
+        assert_eq!(queued, at(20));
+        assert_eq!(timers.heap.len(), 2);
+        assert_eq!(timers.next_deadline(), at(20));
+    }
 
     #[test]
     fn pops_in_deadline_order_and_only_when_due() {
