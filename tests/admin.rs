@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 use serde_json::Value;
 use spoke::admin::{self, AdminHandle, AdminState};
-use spoke::config::{BackendSpec, BackendUrl, Config, Strategy};
+use spoke::config::{BackendSpec, BackendUrl, Config};
 use spoke::health::{self, HealthEvent};
 use spoke::metrics::{Metrics, UpstreamError};
 use spoke::pool::Pool;
@@ -711,33 +711,13 @@ fn healthy_backend() -> SocketAddr {
 
 fn health_config() -> Config {
     Config {
-        port: 0,
-        bind: "127.0.0.1".parse().unwrap(),
-        admin_port: 0,
-        admin_bind: "127.0.0.1".parse().unwrap(),
-        admin_token: None,
-        workers: 1,
-        strategy: Strategy::RoundRobin,
-        sticky_cookie: None,
         // A round a minute: only the Added event explains an early check.
         health_check_frequency: Duration::from_secs(60),
         health_check_path: Some("/".into()),
         health_check_timeout: Duration::from_secs(1),
         healthy_threshold: 2,
         unhealthy_threshold: 1,
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(30),
-        client_header_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        shutdown_timeout: Duration::from_secs(10),
-        max_retries: 2,
-        backend_keepalive: 32,
-        backend_idle_timeout: Duration::from_secs(30),
-        max_header_bytes: 16384,
-        max_connections: 10000,
-        rate_limit: None,
-        log_level: log::LevelFilter::Info,
-        backends: Vec::new(),
+        ..Config::default()
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Sender};
 use log::Level;
-use spoke::config::{BackendSpec, BackendUrl, Config, Strategy};
+use spoke::config::{BackendSpec, BackendUrl, Config};
 use spoke::health::{self, HealthEvent, HealthHandle};
 use spoke::pool::{Backend, Pool};
 
@@ -215,32 +215,12 @@ fn config(
     unhealthy: u32,
 ) -> Config {
     Config {
-        port: 0,
-        bind: "127.0.0.1".parse().unwrap(),
-        admin_port: 0,
-        admin_bind: "127.0.0.1".parse().unwrap(),
-        admin_token: None,
-        workers: 1,
-        strategy: Strategy::RoundRobin,
-        sticky_cookie: None,
         health_check_frequency: Duration::from_millis(frequency_ms),
         health_check_path: path.map(String::from),
         health_check_timeout: Duration::from_millis(timeout_ms),
         healthy_threshold: healthy,
         unhealthy_threshold: unhealthy,
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(30),
-        client_header_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        shutdown_timeout: Duration::from_secs(10),
-        max_retries: 2,
-        backend_keepalive: 32,
-        backend_idle_timeout: Duration::from_secs(30),
-        max_header_bytes: 16384,
-        max_connections: 10000,
-        rate_limit: None,
-        log_level: log::LevelFilter::Info,
-        backends: Vec::new(),
+        ..Config::default()
     }
 }
 
