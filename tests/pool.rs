@@ -246,7 +246,7 @@ fn no_reuse_after_a_101_upgrade() {
 fn no_reuse_after_a_response_its_client_abandoned() {
     let len = 16 << 20;
     let target = format!("/big/{len}");
-    assert_not_reused_after(&target.clone(), |proxy| {
+    assert_not_reused_after(&target, |proxy| {
         let mut client = proxy.client();
         client.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         let head = client.read_head_only();
@@ -254,6 +254,22 @@ fn no_reuse_after_a_response_its_client_abandoned() {
         let start = client.read_exact(1000);
         assert!(start == pattern(1000));
         // Gone with most of the body unread; the next request follows at once.
+    });
+}
+
+#[test]
+fn no_reuse_after_a_stalled_response_its_client_abandoned() {
+    // The backend sends half the body and stalls: the proxy has read all there is, so
+    // only knowing the answer is unfinished can keep it from pooling the connection.
+    let len = 200_000;
+    let target = format!("/half/{len}");
+    assert_not_reused_after(&target, |proxy| {
+        let mut client = proxy.client();
+        client.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let head = client.read_head_only();
+        assert_eq!(head.status, 200);
+        let start = client.read_exact(1000);
+        assert!(start == pattern(1000));
     });
 }
 

@@ -36,6 +36,7 @@ use answer::write_simple;
 /// | `/conn-close` | `200` with `Connection: close`, yet the backend keeps the connection open |
 /// | `/http10` | an `HTTP/1.0` `200` without keep-alive; the backend keeps the connection open |
 /// | `/eof/N` | N pattern bytes delimited by closing the connection, no `Connection` field |
+/// | `/half/N` | `Content-Length: N` and the first N/2 pattern bytes; the rest only if more bytes come on the connection (a proxy reusing it too early) |
 /// | `/nobody/NNN` | status NNN (say 204 or 304) with `Content-Length: 7` and no body |
 /// | anything else | `200`, body `"<name> <METHOD> <target>"` (HEAD: headers only) |
 ///

@@ -4,8 +4,10 @@
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::super::fill_pattern;
+use super::super::wire::is_closed_error;
 use super::{hold, Head, Next, Shared};
 
 /// Answers `head` by its target (see the table on [`Behaviour`](super::Behaviour)).
@@ -88,6 +90,18 @@ pub(super) fn by_target(
         if !head_only {
             write_pattern(shared, writer, n)?;
         }
+        return Ok(keep);
+    }
+    if let Some(n) = path.strip_prefix("/half/") {
+        let n: u64 = n.parse().expect("backend: /half/N");
+        let len = n.to_string();
+        write_raw_head(writer, 200, "OK", &shared.name, &[("Content-Length", &len)])?;
+        write_pattern_range(shared, writer, 0, n / 2)?;
+        if !wait_for_bytes(shared, reader)? {
+            return Ok(Next::PeerClosed);
+        }
+        // More bytes came on a connection whose answer is unfinished: a proxy reused it.
+        write_pattern_range(shared, writer, n / 2, n)?;
         return Ok(keep);
     }
     if path == "/conn-close" || path == "/http10" {
@@ -204,11 +218,48 @@ pub(super) fn write_simple(
     Ok(())
 }
 
+/// Waits until the peer sends a byte (true) or closes the connection (false).
+fn wait_for_bytes(shared: &Shared, reader: &mut BufReader<TcpStream>) -> io::Result<bool> {
+    if !reader.buffer().is_empty() {
+        return Ok(true);
+    }
+    let stream = reader.get_ref();
+    stream.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let result = loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            break Ok(false);
+        }
+        match stream.peek(&mut [0u8; 1]) {
+            Ok(0) => break Ok(false),
+            Ok(_) => break Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if is_closed_error(&e) => break Ok(false),
+            Err(e) => break Err(e),
+        }
+    };
+    stream.set_read_timeout(None)?;
+    result
+}
+
 pub(super) fn write_pattern(shared: &Shared, writer: &mut TcpStream, len: u64) -> io::Result<()> {
+    write_pattern_range(shared, writer, 0, len)
+}
+
+/// Pattern bytes `from..to`.
+fn write_pattern_range(
+    shared: &Shared,
+    writer: &mut TcpStream,
+    from: u64,
+    to: u64,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut offset = 0;
-    while offset < len {
-        let n = (len - offset).min(buf.len() as u64) as usize;
+    let mut offset = from;
+    while offset < to {
+        let n = (to - offset).min(buf.len() as u64) as usize;
         fill_pattern(offset, &mut buf[..n]);
         writer.write_all(&buf[..n])?;
         shared
