@@ -69,8 +69,10 @@ const MAX_STEPS: usize = 64;
 /// and while accepting is paused at `max_connections`.
 const RECHECK: Duration = Duration::from_millis(100);
 
-/// How often pooled connections to backends that went DOWN are closed.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the worker tidies up while it has something to tidy: pooled
+/// connections to backends that went DOWN are closed, and spare buffers a burst left
+/// behind are freed.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 
 /// State shared by every worker (and read by the health and admin threads).
 pub struct Shared {
@@ -120,7 +122,7 @@ pub struct Worker {
     /// Idle keep-alive backend connections (keys into `upstreams`) by backend id,
     /// most recently used last.
     idle: HashMap<u64, VecDeque<usize>>,
-    last_sweep: Instant,
+    last_housekeeping: Instant,
 }
 
 impl Worker {
@@ -153,7 +155,7 @@ impl Worker {
             accept_paused: false,
             drain_deadline: None,
             idle: HashMap::new(),
-            last_sweep: Instant::now(),
+            last_housekeeping: Instant::now(),
         };
         Ok((worker, waker))
     }
@@ -172,8 +174,8 @@ impl Worker {
             }
             self.now = Instant::now();
             self.refresh_backends();
-            if self.now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
-                self.sweep_idle();
+            if self.now.saturating_duration_since(self.last_housekeeping) >= HOUSEKEEPING_EVERY {
+                self.housekeeping();
             }
             for event in events.iter() {
                 self.dispatch(event);
@@ -194,8 +196,8 @@ impl Worker {
             .timers
             .next_deadline()
             .map(|at| at.saturating_duration_since(Instant::now()));
-        if !self.idle.is_empty() {
-            timeout = Some(timeout.map_or(SWEEP_EVERY, |t| t.min(SWEEP_EVERY)));
+        if !self.idle.is_empty() || self.buffers.has_excess() {
+            timeout = Some(timeout.map_or(HOUSEKEEPING_EVERY, |t| t.min(HOUSEKEEPING_EVERY)));
         }
         if self.drain_deadline.is_some() || self.accept_paused {
             timeout = Some(timeout.map_or(RECHECK, |t| t.min(RECHECK)));
@@ -519,9 +521,14 @@ impl Worker {
         close_upstream(&mut self.upstreams, self.poll.registry(), upstream_key);
     }
 
+    fn housekeeping(&mut self) {
+        self.last_housekeeping = self.now;
+        self.sweep_idle();
+        self.buffers.trim();
+    }
+
     /// Closes pooled connections to backends that are DOWN or were removed.
     fn sweep_idle(&mut self) {
-        self.last_sweep = self.now;
         let Worker {
             idle,
             upstreams,

@@ -1,7 +1,9 @@
 //! The recording test backend: a `std::net` HTTP/1.1 server, thread per connection.
 
+mod answer;
+
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::wire::{is_closed_error, read_chunked, read_exact_into, read_headers, read_line};
-use super::{fill_pattern, Checksum, KEEP_BODY_BYTES};
+use super::{Checksum, KEEP_BODY_BYTES};
+use answer::write_simple;
 
 // ---------------------------------------------------------------------------
 // The test backend.
@@ -30,6 +33,11 @@ use super::{fill_pattern, Checksum, KEEP_BODY_BYTES};
 /// | `/echo` | the request body back, with `Content-Length` |
 /// | `/hold...` | held until [`TestBackend::release`], then echoed |
 /// | `/ws` with `Upgrade` | `101`, then every byte received is sent back |
+/// | `/conn-close` | `200` with `Connection: close`, yet the backend keeps the connection open |
+/// | `/http10` | an `HTTP/1.0` `200` without keep-alive; the backend keeps the connection open |
+/// | `/eof/N` | N pattern bytes delimited by closing the connection, no `Connection` field |
+/// | `/half/N` | `Content-Length: N` and the first N/2 pattern bytes; the rest only if more bytes come on the connection (a proxy reusing it too early) |
+/// | `/nobody/NNN` | status NNN (say 204 or 304) with `Content-Length: 7` and no body |
 /// | anything else | `200`, body `"<name> <METHOD> <target>"` (HEAD: headers only) |
 ///
 /// Every answer carries `X-Backend: <name>`. `Expect: 100-continue` gets
@@ -43,6 +51,39 @@ pub enum Behaviour {
     Delay(Duration),
     /// Every request (but `/health`) is held as `/hold` is.
     HoldAll,
+    /// Answers as [`Behaviour::Normal`], but closes a connection that has waited this
+    /// long for its next request (a backend's keep-alive timeout).
+    CloseIdleAfter(Duration),
+    /// The nth request (1-based, `/health` included) of every connection is read (its
+    /// body too when `read_body`) and then the connection is closed without an answer:
+    /// the race of a backend timing out a keep-alive connection just as a request
+    /// comes. Such requests go to [`TestBackend::dropped`], not to
+    /// [`TestBackend::requests`]; the others are answered as [`Behaviour::Normal`].
+    DropNth {
+        nth: usize,
+        read_body: bool,
+    },
+}
+
+/// How a backend connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEnd {
+    /// The peer (the proxy) closed or reset it.
+    ByPeer,
+    /// The backend closed it (after `Connection: close`, a close-delimited body, a
+    /// dropped request or an idle timeout).
+    ByBackend,
+}
+
+/// One accepted connection, as the backend saw it.
+#[derive(Clone, Debug, Default)]
+pub struct ConnRecord {
+    /// Its first request was `/health`: a health check, not a proxied connection.
+    pub health: bool,
+    /// Requests read on it (`/health` and dropped ones included).
+    pub requests: usize,
+    /// `None` while it is open.
+    pub ended: Option<ConnEnd>,
 }
 
 /// One request as the backend received it.
@@ -98,6 +139,8 @@ struct Shared {
     closed_by_peer: AtomicUsize,
     pattern_bytes_sent: AtomicU64,
     requests: Mutex<Vec<Recorded>>,
+    dropped: Mutex<Vec<Recorded>>,
+    conns: Mutex<Vec<ConnRecord>>,
     hold: Mutex<HoldState>,
     live: Mutex<HashMap<usize, TcpStream>>,
 }
@@ -137,6 +180,8 @@ impl TestBackend {
             closed_by_peer: AtomicUsize::new(0),
             pattern_bytes_sent: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
+            dropped: Mutex::new(Vec::new()),
+            conns: Mutex::new(Vec::new()),
             hold: Mutex::new(HoldState::default()),
             live: Mutex::new(HashMap::new()),
         });
@@ -173,6 +218,53 @@ impl TestBackend {
     /// TCP connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+    /// Requests read and then dropped unanswered under [`Behaviour::DropNth`].
+    pub fn dropped(&self) -> Vec<Recorded> {
+        self.shared.dropped.lock().unwrap().clone()
+    }
+    /// Every accepted connection, by id.
+    pub fn connections(&self) -> Vec<ConnRecord> {
+        self.shared.conns.lock().unwrap().clone()
+    }
+    /// Accepted connections that are not health checks: the proxy's. A connection
+    /// that has not yet sent its first request counts, so call this once the
+    /// startup health check is over (see [`TestBackend::wait_health_checked`]).
+    pub fn proxy_connections(&self) -> usize {
+        self.connections().iter().filter(|c| !c.health).count()
+    }
+    /// The ids of the proxy's connections the proxy has closed.
+    pub fn closed_by_proxy(&self) -> Vec<usize> {
+        self.connections()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.health && c.ended == Some(ConnEnd::ByPeer))
+            .map(|(id, _)| id)
+            .collect()
+    }
+    /// The ids of the proxy's connections that are still open.
+    pub fn open_proxy_connections(&self) -> Vec<usize> {
+        self.connections()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.health && c.ended.is_none())
+            .map(|(id, _)| id)
+            .collect()
+    }
+    /// Waits (up to 5 s) until `n` health checks have been answered and their
+    /// connections closed, so that connection counts afterwards are the proxy's.
+    #[track_caller]
+    pub fn wait_health_checked(&self, n: usize) {
+        let done = super::wait_until(Duration::from_secs(5), || {
+            let conns = self.connections();
+            let health = conns.iter().filter(|c| c.health).count();
+            let open = conns
+                .iter()
+                .filter(|c| c.health && c.ended.is_none())
+                .count();
+            self.health_checks() >= n && health >= n && open == 0
+        });
+        assert!(done, "{}: {n} health checks not done", self.name());
     }
     pub fn health_checks(&self) -> usize {
         self.shared.health_checks.load(Ordering::SeqCst)
@@ -227,7 +319,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         // Heads and bodies go out in separate writes: without this, Nagle meets the
         // proxy's delayed ACK on a reused connection and every answer waits ~40 ms.
         let _ = stream.set_nodelay(true);
-        let id = shared.accepted.fetch_add(1, Ordering::SeqCst);
+        let id = {
+            let mut conns = shared.conns.lock().unwrap();
+            conns.push(ConnRecord::default());
+            shared.accepted.fetch_add(1, Ordering::SeqCst)
+        };
         if let Ok(clone) = stream.try_clone() {
             shared.live.lock().unwrap().insert(id, clone);
         }
@@ -242,6 +338,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 if let Some(s) = conn_shared.live.lock().unwrap().remove(&id) {
                     let _ = s.shutdown(Shutdown::Both);
                 }
+                let end = if peer_closed {
+                    ConnEnd::ByPeer
+                } else {
+                    ConnEnd::ByBackend
+                };
+                conn_shared.conns.lock().unwrap()[id].ended = Some(end);
             });
     }
 }
@@ -316,6 +418,16 @@ fn serve_connection(shared: &Shared, conn: usize, stream: TcpStream) -> bool {
     let mut writer = write_half;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
+        if let Behaviour::CloseIdleAfter(limit) = shared.behaviour {
+            match wait_for_request(&mut reader, limit) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = writer.shutdown(Shutdown::Both);
+                    return false;
+                }
+                Err(e) => return is_closed_error(&e),
+            }
+        }
         match serve_one(shared, conn, &mut reader, &mut writer) {
             Ok(Next::KeepAlive) => continue,
             Ok(Next::Close) => {
@@ -326,6 +438,29 @@ fn serve_connection(shared: &Shared, conn: usize, stream: TcpStream) -> bool {
             Err(e) => return is_closed_error(&e),
         }
     }
+}
+
+/// Waits up to `limit` for the first byte of the next request: true when one came
+/// (or the peer closed, which the read of the head then sees), false on the timeout.
+fn wait_for_request(reader: &mut BufReader<TcpStream>, limit: Duration) -> io::Result<bool> {
+    if !reader.buffer().is_empty() {
+        return Ok(true);
+    }
+    reader.get_ref().set_read_timeout(Some(limit))?;
+    let waited = match reader.fill_buf() {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    };
+    reader.get_ref().set_read_timeout(None)?;
+    waited
 }
 
 enum Next {
@@ -344,6 +479,30 @@ fn serve_one(
         return Ok(Next::PeerClosed);
     };
     let is_health = head.target == "/health";
+    let nth = {
+        let mut conns = shared.conns.lock().unwrap();
+        let record = &mut conns[conn];
+        record.requests += 1;
+        if record.requests == 1 && is_health {
+            record.health = true;
+        }
+        record.requests
+    };
+    if let Behaviour::DropNth {
+        nth: drop_nth,
+        read_body: false,
+    } = shared.behaviour
+    {
+        if nth == drop_nth && !is_health {
+            shared.dropped.lock().unwrap().push(record(
+                conn,
+                &head,
+                Vec::new(),
+                Checksum::default(),
+            ));
+            return Ok(Next::Close);
+        }
+    }
     if head
         .values("expect")
         .any(|v| v.eq_ignore_ascii_case("100-continue"))
@@ -375,18 +534,18 @@ fn serve_one(
         write_simple(writer, 200, "OK", &shared.name, &[], b"ok", false)?;
         return Ok(keep);
     }
-    shared.requests.lock().unwrap().push(Recorded {
-        conn,
-        method: head.method.clone(),
-        target: head.target.clone(),
-        version: head.version.clone(),
-        headers: head.headers.clone(),
-        body: body.clone(),
-        body_sum: sum,
-    });
+    if let Behaviour::DropNth { nth: drop_nth, .. } = shared.behaviour {
+        if nth == drop_nth {
+            let dropped = record(conn, &head, body, sum);
+            shared.dropped.lock().unwrap().push(dropped);
+            return Ok(Next::Close);
+        }
+    }
+    let recorded = record(conn, &head, body.clone(), sum);
+    shared.requests.lock().unwrap().push(recorded);
 
     match &shared.behaviour {
-        Behaviour::Normal => {}
+        Behaviour::Normal | Behaviour::CloseIdleAfter(_) | Behaviour::DropNth { .. } => {}
         Behaviour::Status(code) => {
             let text = format!("{} status {code}", shared.name);
             write_simple(
@@ -407,114 +566,19 @@ fn serve_one(
             }
         }
     }
-    let path = head.target.split('?').next().unwrap_or("");
-    let head_only = head.method == "HEAD";
+    answer::by_target(shared, &head, &body, reader, writer, keep)
+}
 
-    if let Some(code) = path.strip_prefix("/status/") {
-        let code: u16 = code.parse().expect("backend: /status/NNN");
-        match code {
-            204 => write_simple(writer, 204, "No Content", &shared.name, &[], b"", true)?,
-            304 => {
-                // A 304 may carry the length of the representation it stands for.
-                let extra = [("ETag", "\"v1\""), ("Content-Length", "5")];
-                write_raw_head(writer, 304, "Not Modified", &shared.name, &extra)?;
-            }
-            _ => {
-                let text = format!("{} status {code}", shared.name);
-                write_simple(
-                    writer,
-                    code,
-                    "Status",
-                    &shared.name,
-                    &[],
-                    text.as_bytes(),
-                    head_only,
-                )?;
-            }
-        }
-        return Ok(keep);
+fn record(conn: usize, head: &Head, body: Vec<u8>, body_sum: Checksum) -> Recorded {
+    Recorded {
+        conn,
+        method: head.method.clone(),
+        target: head.target.clone(),
+        version: head.version.clone(),
+        headers: head.headers.clone(),
+        body,
+        body_sum,
     }
-    if path == "/chunked" {
-        let sizes: Vec<usize> = head
-            .target
-            .split_once("sizes=")
-            .map(|(_, s)| s)
-            .unwrap_or("")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().expect("backend: chunk size"))
-            .collect();
-        write_raw_head(
-            writer,
-            200,
-            "OK",
-            &shared.name,
-            &[("Transfer-Encoding", "chunked")],
-        )?;
-        let mut offset = 0u64;
-        for size in sizes.into_iter().filter(|&s| s > 0) {
-            let mut data = vec![0; size];
-            fill_pattern(offset, &mut data);
-            offset += size as u64;
-            writer.write_all(format!("{size:x}\r\n").as_bytes())?;
-            writer.write_all(&data)?;
-            writer.write_all(b"\r\n")?;
-        }
-        writer.write_all(b"0\r\n\r\n")?;
-        return Ok(keep);
-    }
-    if let Some(n) = path.strip_prefix("/close/") {
-        let n: u64 = n.parse().expect("backend: /close/N");
-        write_raw_head(writer, 200, "OK", &shared.name, &[("Connection", "close")])?;
-        write_pattern(shared, writer, n)?;
-        writer.flush()?;
-        return Ok(Next::Close);
-    }
-    if let Some(n) = path.strip_prefix("/big/") {
-        let n: u64 = n.parse().expect("backend: /big/N");
-        let len = n.to_string();
-        write_raw_head(writer, 200, "OK", &shared.name, &[("Content-Length", &len)])?;
-        if !head_only {
-            write_pattern(shared, writer, n)?;
-        }
-        return Ok(keep);
-    }
-    if path == "/echo" {
-        write_simple(writer, 200, "OK", &shared.name, &[], &body, head_only)?;
-        return Ok(keep);
-    }
-    if path.starts_with("/hold") && !hold(shared, reader)? {
-        return Ok(Next::PeerClosed);
-    }
-    if path == "/ws" && head.has_token("upgrade", "websocket") {
-        write_raw_head(
-            writer,
-            101,
-            "Switching Protocols",
-            &shared.name,
-            &[("Connection", "Upgrade"), ("Upgrade", "websocket")],
-        )?;
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => return Ok(Next::PeerClosed),
-                Ok(n) => n,
-                Err(e) => return Err(e),
-            };
-            writer.write_all(&buf[..n])?;
-        }
-    }
-    let text = format!("{} {} {}", shared.name, head.method, head.target);
-    write_simple(
-        writer,
-        200,
-        "OK",
-        &shared.name,
-        &[],
-        text.as_bytes(),
-        head_only,
-    )?;
-    Ok(keep)
 }
 
 /// Holds a request until released; false when the peer closed the connection first.
@@ -550,57 +614,4 @@ fn hold(shared: &Shared, reader: &mut BufReader<TcpStream>) -> io::Result<bool> 
     }
     stream.set_read_timeout(None)?;
     Ok(released)
-}
-
-fn write_raw_head(
-    writer: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    name: &str,
-    extra: &[(&str, &str)],
-) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nX-Backend: {name}\r\n");
-    for (n, v) in extra {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    writer.write_all(head.as_bytes())
-}
-
-/// A response with `Content-Length` (none for 204) and, unless `head_only`, its body.
-fn write_simple(
-    writer: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    name: &str,
-    extra: &[(&str, &str)],
-    body: &[u8],
-    head_only: bool,
-) -> io::Result<()> {
-    let len = body.len().to_string();
-    let mut headers: Vec<(&str, &str)> = extra.to_vec();
-    if status != 204 {
-        headers.push(("Content-Length", &len));
-        headers.push(("Content-Type", "text/plain"));
-    }
-    write_raw_head(writer, status, reason, name, &headers)?;
-    if !head_only && status != 204 {
-        writer.write_all(body)?;
-    }
-    Ok(())
-}
-
-fn write_pattern(shared: &Shared, writer: &mut TcpStream, len: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut offset = 0;
-    while offset < len {
-        let n = (len - offset).min(buf.len() as u64) as usize;
-        fill_pattern(offset, &mut buf[..n]);
-        writer.write_all(&buf[..n])?;
-        shared
-            .pattern_bytes_sent
-            .fetch_add(n as u64, Ordering::SeqCst);
-        offset += n as u64;
-    }
-    Ok(())
 }
