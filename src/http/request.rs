@@ -239,8 +239,18 @@ pub fn parse_request(
         .unwrap_or_default();
     w.put(request_line).map_err(full)?;
     let lines = head::field_lines(input, &span);
+    let mut length_written = false;
     for (field, line) in req.headers.iter().zip(lines) {
-        if forwarded(field, req.headers, upgrade) {
+        let is_length = field.name.eq_ignore_ascii_case("content-length");
+        if is_length && fields.content_length_repeated {
+            // `5, 5` or the field twice: legal when the values agree (RFC 9110 §8.6),
+            // but a backend that reads lists differently would frame the body
+            // differently from us. Send one plain value, where the first one stood.
+            if let (false, Some(n)) = (length_written, fields.content_length) {
+                write!(w, "Content-Length: {n}\r\n").map_err(|_| RequestError::HeadTooLarge)?;
+                length_written = true;
+            }
+        } else if forwarded(field, req.headers, upgrade) {
             w.put(line).map_err(full)?;
         }
     }
@@ -297,6 +307,11 @@ struct Fields<'a> {
     connection_upgrade: bool,
     upgrade_header: bool,
     expect_continue: bool,
+    /// The one length the Content-Length fields agree on.
+    content_length: Option<u64>,
+    /// The Content-Length is not a single field of plain digits (a list of identical
+    /// values, or the field repeated): it is sent on as one normalized field.
+    content_length_repeated: bool,
 }
 
 /// Checks Host, Content-Length and Transfer-Encoding (RFC 9112 §3.2, §6.1, §6.3) and
@@ -310,6 +325,8 @@ fn examine<'a>(headers: &[httparse::Header<'a>], http10: bool) -> Result<Fields<
         connection_upgrade: false,
         upgrade_header: false,
         expect_continue: false,
+        content_length: None,
+        content_length_repeated: false,
     };
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
@@ -336,6 +353,8 @@ fn examine<'a>(headers: &[httparse::Header<'a>], http10: bool) -> Result<Fields<
             if content_length.is_some_and(|previous| previous != n) {
                 return Err(RequestError::Smuggling("differing Content-Length values"));
             }
+            let plain = head::trim_ows(h.value).iter().all(u8::is_ascii_digit);
+            fields.content_length_repeated |= content_length.is_some() || !plain;
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
@@ -385,6 +404,7 @@ fn examine<'a>(headers: &[httparse::Header<'a>], http10: bool) -> Result<Fields<
         }
         fields.framing = BodyFraming::Chunked(ChunkedDecoder::new());
     } else if let Some(n) = content_length {
+        fields.content_length = Some(n);
         fields.framing = if n == 0 {
             BodyFraming::Empty
         } else {
@@ -989,6 +1009,22 @@ mod tests {
             parse(&input[..input.len() - 2]),
             Err(RequestError::HeadTooLarge)
         );
+    }
+
+    #[test]
+    fn repeated_content_length_goes_on_as_one_plain_field() {
+        for input in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nX: y\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX: y\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            let (head, text) = parse_ok(input);
+            assert_eq!(head.body, BodyFraming::Length { remaining: 5 });
+            assert_eq!(text.matches("ontent-Length").count(), 1, "{text}");
+            assert!(text.contains("\r\nContent-Length: 5\r\nX: y\r\n"), "{text}");
+        }
+        // A single plain field passes byte for byte.
+        let (_, text) = parse_ok(b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length:  7 \r\n\r\n");
+        assert!(text.contains("\r\ncontent-length:  7 \r\n"), "{text}");
     }
 
     #[test]
