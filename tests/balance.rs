@@ -90,7 +90,8 @@ fn refused_backend_is_marked_down_and_the_request_succeeds_elsewhere() {
     let dead = dead_url();
     let proxy = start_proxy(&[dead.clone(), b0.url()], json!({"workers": 1}));
     let down = proxy.backend(&dead);
-    // Whatever a startup health round found, the proxy must learn it from a refusal.
+    // Whatever the startup health round found, the proxy must learn it from a refusal.
+    proxy.wait_first_health_round();
     down.set_alive(true);
     for i in 0..4 {
         let response = proxy.get(&format!("/retry/{i}"));
@@ -205,7 +206,8 @@ fn empty_backend_list_gives_503() {
 fn every_attempt_refused_gives_502() {
     let dead = [dead_url(), dead_url()];
     let proxy = start_proxy(&dead, json!({"max_retries": 1}));
-    // Both UP now, whatever a startup health round found: the request must try both.
+    // Both UP now, whatever the startup health round found: the request must try both.
+    proxy.wait_first_health_round();
     for url in &dead {
         proxy.backend(url).set_alive(true);
     }

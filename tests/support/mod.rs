@@ -244,6 +244,19 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(|| panic!("{url} not in the pool"))
     }
+    /// Waits until the health thread's first round (it starts with the proxy) has a
+    /// verdict on every backend, so a test that then sets liveness by hand is not
+    /// overruled by a round still under way.
+    #[track_caller]
+    pub fn wait_first_health_round(&self) {
+        let checked = wait_until(Duration::from_secs(5), || {
+            self.pool()
+                .snapshot()
+                .iter()
+                .all(|b| b.last_check().is_some())
+        });
+        assert!(checked, "the first health round did not finish");
+    }
     /// A new client connection to the proxy port.
     pub fn client(&self) -> Client {
         Client::connect(self.addr())
