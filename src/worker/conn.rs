@@ -174,8 +174,9 @@ pub enum Phase {
     Tunnel,
     /// One of the proxy's own answers is being written.
     Answering { close_after: bool },
-    /// Write side shut down; discarding input until the client closes or `LINGER` ends.
-    Closing,
+    /// The connection is ending. With `linger`, our write side is shut and input is
+    /// discarded until the client closes or `LINGER` ends; without, it closes at once.
+    Closing { linger: bool },
 }
 
 /// Progress of one half of an exchange.
@@ -399,7 +400,7 @@ impl Connection {
                 (Phase::Proxying, Some(up)) => self.proxying(up, cx),
                 (Phase::Tunnel, Some(up)) => self.tunnel(up, cx),
                 (Phase::Answering { close_after }, _) => self.answering(close_after, cx),
-                (Phase::Closing, _) => self.closing(),
+                (Phase::Closing { linger }, _) => self.closing(linger),
                 // A phase that needs a backend connection lost it: nothing sane is left.
                 (Phase::Connecting | Phase::Proxying | Phase::Tunnel, None) => {
                     Step::Yield(Next::Close)
@@ -417,7 +418,7 @@ impl Connection {
     pub fn on_timeout(&mut self, cx: &mut Cx) -> Next {
         self.deadline = None;
         match self.phase {
-            Phase::Idle | Phase::Closing | Phase::Answering { .. } => Next::Close,
+            Phase::Idle | Phase::Closing { .. } | Phase::Answering { .. } => Next::Close,
             Phase::ReadingHead => {
                 debug!("w{} c{}: request head timed out", cx.worker, cx.key);
                 self.respond(Answer::RequestTimeout, cx)
@@ -754,7 +755,15 @@ impl Connection {
         if keep {
             self.next_request(cx);
         } else {
-            self.start_closing(cx);
+            // Lingering guards an answer against a reset caused by input we never
+            // read; a client that has sent nothing more (the whole request was read,
+            // nothing is buffered, the socket was drained) can be closed at once, as
+            // nginx's `lingering_close on` does. It saves a shutdown, a wake-up and a
+            // read on every `Connection: close` request.
+            let may_send_more = !self.client_in.is_empty()
+                || self.ready.readable
+                || !self.ex.upload_framing.is_done();
+            self.start_closing(may_send_more, cx);
         }
         if reusable {
             Next::PoolBackend
@@ -866,24 +875,28 @@ impl Connection {
             return if moved { Step::Progress } else { Step::Blocked };
         }
         if close_after {
-            self.start_closing(cx);
+            // Our own answers that close come after bad or unread input: always linger.
+            self.start_closing(true, cx);
         } else {
             self.next_request(cx);
         }
         Step::Progress
     }
 
-    /// Shuts our write side and starts discarding input (a lingering close).
-    fn start_closing(&mut self, cx: &mut Cx) {
-        let _ = self.client.shutdown(Shutdown::Write);
+    /// Ends the connection once its last answer is flushed: at the next step, or
+    /// after a lingering close (write side shut, input discarded).
+    fn start_closing(&mut self, linger: bool, cx: &mut Cx) {
+        if linger {
+            let _ = self.client.shutdown(Shutdown::Write);
+        }
         self.release_buffers(cx.buffers);
-        self.phase = Phase::Closing;
+        self.phase = Phase::Closing { linger };
         self.deadline = Some(cx.now + LINGER);
     }
 
     /// Discards what the client still sends until it closes.
-    fn closing(&mut self) -> Step {
-        if self.client_eof {
+    fn closing(&mut self, linger: bool) -> Step {
+        if !linger || self.client_eof {
             return Step::Yield(Next::Close);
         }
         if !self.ready.readable {

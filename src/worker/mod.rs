@@ -350,7 +350,7 @@ impl Worker {
             };
             let backend = Arc::clone(&backends[index]);
             conn.tried.push(backend.id);
-            if let Some(upstream_key) = take_idle(idle, upstreams, poll.registry(), backend.id) {
+            if let Some(upstream_key) = take_idle(idle, upstreams, backend.id) {
                 if let Some(up) = upstreams.get_mut(upstream_key) {
                     up.owner = Some(key);
                     up.deadline = None;
@@ -399,7 +399,7 @@ impl Worker {
         };
         conn.in_flight = None;
         if let Some(upstream_key) = conn.upstream.take() {
-            close_upstream(&mut self.upstreams, self.poll.registry(), upstream_key);
+            close_upstream(&mut self.upstreams, upstream_key);
         }
     }
 
@@ -437,7 +437,7 @@ impl Worker {
             }
         }
         if !clean {
-            close_upstream(&mut self.upstreams, self.poll.registry(), upstream_key);
+            close_upstream(&mut self.upstreams, upstream_key);
             return;
         }
         up.owner = None;
@@ -449,7 +449,7 @@ impl Worker {
             .or_insert_with(|| VecDeque::with_capacity(keepalive.min(64)));
         if list.len() >= keepalive {
             if let Some(oldest) = list.pop_front() {
-                close_upstream(&mut self.upstreams, self.poll.registry(), oldest);
+                close_upstream(&mut self.upstreams, oldest);
             }
         }
         list.push_back(upstream_key);
@@ -518,7 +518,7 @@ impl Worker {
                 list.retain(|&k| k != upstream_key);
             }
         }
-        close_upstream(&mut self.upstreams, self.poll.registry(), upstream_key);
+        close_upstream(&mut self.upstreams, upstream_key);
     }
 
     fn housekeeping(&mut self) {
@@ -532,7 +532,6 @@ impl Worker {
         let Worker {
             idle,
             upstreams,
-            poll,
             backends,
             ..
         } = self;
@@ -542,7 +541,7 @@ impl Worker {
                     .get(upstream_key)
                     .is_some_and(|up| up.backend.is_alive() && !up.backend.is_removed());
                 if !usable {
-                    close_upstream(upstreams, poll.registry(), upstream_key);
+                    close_upstream(upstreams, upstream_key);
                 }
                 usable
             });
@@ -555,7 +554,9 @@ impl Worker {
     fn close(&mut self, key: usize) {
         self.release_upstream(key);
         if let Some(mut conn) = self.clients.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut conn.client);
+            // Dropping the stream closes the socket, which takes it out of the epoll set
+            // (epoll(7): spoke never duplicates its sockets); any event already queued
+            // for it misses on the generation. So no EPOLL_CTL_DEL call is needed.
             conn.release_buffers(&mut self.buffers);
             self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
             self.shared.metrics.connection_closed();
@@ -726,7 +727,7 @@ impl Worker {
         let idle: Vec<usize> = self
             .clients
             .iter()
-            .filter(|(_, conn)| matches!(conn.phase, Phase::Idle | Phase::Closing))
+            .filter(|(_, conn)| matches!(conn.phase, Phase::Idle | Phase::Closing { .. }))
             .map(|(key, _)| key)
             .collect();
         for &key in &idle {
@@ -759,24 +760,23 @@ fn next_generation(counter: &mut u32) -> u32 {
 fn take_idle(
     idle: &mut HashMap<u64, VecDeque<usize>>,
     upstreams: &mut Slab<Upstream>,
-    registry: &Registry,
     id: u64,
 ) -> Option<usize> {
     let list = idle.get_mut(&id)?;
     while let Some(upstream_key) = list.pop_back() {
         match upstreams.get(upstream_key) {
             Some(up) if !up.eof && !up.ready.readable => return Some(upstream_key),
-            Some(_) => close_upstream(upstreams, registry, upstream_key),
+            Some(_) => close_upstream(upstreams, upstream_key),
             None => {}
         }
     }
     None
 }
 
-fn close_upstream(upstreams: &mut Slab<Upstream>, registry: &Registry, key: usize) {
-    if let Some(mut up) = upstreams.try_remove(key) {
-        let _ = registry.deregister(&mut up.stream);
-    }
+/// Closes backend connection `key` (dropping the stream also takes it out of the
+/// epoll set, as for client connections in [`Worker::close`]).
+fn close_upstream(upstreams: &mut Slab<Upstream>, key: usize) {
+    upstreams.try_remove(key);
 }
 
 /// Starts a non-blocking connect to `addr` and registers it in the backend slab.
