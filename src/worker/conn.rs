@@ -15,15 +15,16 @@
 //!                                            |
 //!                           close / not keep-alive
 //!                                            v
-//!                                   Closing (lingering: write side shut,
-//!                                            rest of the input discarded)
+//!                                   Closing (at once, or lingering while the
+//!                                            client may still be sending)
 //! ```
 //!
 //! The worker calls [`Connection::step`] whenever one of this connection's sockets
 //! (the client, or its backend, an [`Upstream`]) is ready. `step` does every bit of
 //! I/O it can without blocking and returns a [`Next`]: wait for the next event, or
-//! ask the worker for something only it can do (connect to a backend, drop the
-//! backend connection, close everything).
+//! ask the worker for something only it can do (connect to a backend or take one
+//! from its keep-alive pool, give the backend connection back to the pool or close
+//! it, close everything).
 //!
 //! Three fixed buffers carry the bytes, attached from the worker's free list when a
 //! request starts and given back when the connection goes idle:
@@ -42,7 +43,8 @@
 //! slow reader stops its peer (backpressure) and memory stays bounded.
 //!
 //! Sockets are registered once, edge-triggered, for both directions. Each side's
-//! [`Readiness`] remembers what the last events said; only a `WouldBlock` clears it.
+//! [`Readiness`] remembers what the last events said, until a `WouldBlock` (or a
+//! short read) says the socket has nothing more for now.
 
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};

@@ -132,6 +132,8 @@ struct Shared {
     name: String,
     behaviour: Behaviour,
     stop: AtomicBool,
+    /// `/health` answers 503 while this is set.
+    unhealthy: AtomicBool,
     accepted: AtomicUsize,
     health_checks: AtomicUsize,
     held: AtomicUsize,
@@ -175,6 +177,7 @@ impl TestBackend {
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
             health_checks: AtomicUsize::new(0),
+            unhealthy: AtomicBool::new(false),
             held: AtomicUsize::new(0),
             aborted_holds: AtomicUsize::new(0),
             closed_by_peer: AtomicUsize::new(0),
@@ -210,6 +213,10 @@ impl TestBackend {
     /// Every request received so far, `/health` excepted.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
+    }
+    /// Makes `/health` answer 503 (false) or 200 (true); other paths are unchanged.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared.unhealthy.store(!healthy, Ordering::SeqCst);
     }
     /// How many requests (`/health` excepted) were received.
     pub fn request_count(&self) -> usize {
@@ -531,7 +538,11 @@ fn serve_one(
 
     if is_health {
         shared.health_checks.fetch_add(1, Ordering::SeqCst);
-        write_simple(writer, 200, "OK", &shared.name, &[], b"ok", false)?;
+        if shared.unhealthy.load(Ordering::SeqCst) {
+            write_simple(writer, 503, "Unhealthy", &shared.name, &[], b"no", false)?;
+        } else {
+            write_simple(writer, 200, "OK", &shared.name, &[], b"ok", false)?;
+        }
         return Ok(keep);
     }
     if let Behaviour::DropNth { nth: drop_nth, .. } = shared.behaviour {
