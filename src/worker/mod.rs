@@ -90,6 +90,30 @@ pub struct Shared {
     pub open_connections: AtomicUsize,
 }
 
+impl<'a> Cx<'a> {
+    /// What a connection's step needs from worker `worker`, for connection `key`.
+    pub fn new(
+        shared: &'a Shared,
+        buffers: &'a mut BufferPool,
+        now: Instant,
+        draining: bool,
+        worker: usize,
+        key: usize,
+    ) -> Cx<'a> {
+        Cx {
+            now,
+            config: &shared.config,
+            metrics: &shared.metrics,
+            health: &shared.health,
+            limiter: shared.limiter.as_ref(),
+            buffers,
+            draining,
+            worker,
+            key,
+        }
+    }
+}
+
 impl Shared {
     /// The size of every I/O buffer: room for the largest allowed request head, plus
     /// what rewriting may add to it.
@@ -260,17 +284,14 @@ impl Worker {
                         return;
                     };
                     let upstream = conn.upstream.and_then(|u| self.upstreams.get_mut(u));
-                    let mut cx = Cx {
-                        now: self.now,
-                        config: &self.shared.config,
-                        metrics: &self.shared.metrics,
-                        health: &self.shared.health,
-                        limiter: self.shared.limiter.as_ref(),
-                        buffers: &mut self.buffers,
-                        draining: self.drain_deadline.is_some(),
-                        worker: self.id,
+                    let mut cx = Cx::new(
+                        &self.shared,
+                        &mut self.buffers,
+                        self.now,
+                        self.drain_deadline.is_some(),
+                        self.id,
                         key,
-                    };
+                    );
                     conn.step(upstream, &mut cx)
                 }
             };
@@ -314,17 +335,8 @@ impl Worker {
         let Some(conn) = clients.get_mut(key) else {
             return;
         };
-        let mut cx = Cx {
-            now: self.now,
-            config: &shared.config,
-            metrics: &shared.metrics,
-            health: &shared.health,
-            limiter: shared.limiter.as_ref(),
-            buffers,
-            draining: self.drain_deadline.is_some(),
-            worker: self.id,
-            key,
-        };
+        let draining = self.drain_deadline.is_some();
+        let mut cx = Cx::new(shared, buffers, self.now, draining, self.id, key);
         loop {
             if conn.tried.len() >= max_tries {
                 warn!("w{} c{key}: every attempt failed, 502", self.id);
@@ -484,17 +496,14 @@ impl Worker {
         let Some(conn) = self.clients.get_mut(key) else {
             return;
         };
-        let mut cx = Cx {
-            now: self.now,
-            config: &self.shared.config,
-            metrics: &self.shared.metrics,
-            health: &self.shared.health,
-            limiter: self.shared.limiter.as_ref(),
-            buffers: &mut self.buffers,
-            draining: self.drain_deadline.is_some(),
-            worker: self.id,
+        let mut cx = Cx::new(
+            &self.shared,
+            &mut self.buffers,
+            self.now,
+            self.drain_deadline.is_some(),
+            self.id,
             key,
-        };
+        );
         match opened {
             Ok(upstream_key) => {
                 conn.upstream = Some(upstream_key);
@@ -597,17 +606,14 @@ impl Worker {
             conn.queued = None;
             match conn.deadline {
                 Some(at) if at <= self.now => {
-                    let mut cx = Cx {
-                        now: self.now,
-                        config: &self.shared.config,
-                        metrics: &self.shared.metrics,
-                        health: &self.shared.health,
-                        limiter: self.shared.limiter.as_ref(),
-                        buffers: &mut self.buffers,
-                        draining: self.drain_deadline.is_some(),
-                        worker: self.id,
-                        key: entry.key,
-                    };
+                    let mut cx = Cx::new(
+                        &self.shared,
+                        &mut self.buffers,
+                        self.now,
+                        self.drain_deadline.is_some(),
+                        self.id,
+                        entry.key,
+                    );
                     let next = conn.on_timeout(&mut cx);
                     self.drive(entry.key, Some(next));
                 }
@@ -677,17 +683,14 @@ impl Worker {
             warn!("w{}: cannot register a new connection: {error}", self.id);
             return;
         }
-        let cx = Cx {
-            now: self.now,
-            config: &self.shared.config,
-            metrics: &self.shared.metrics,
-            health: &self.shared.health,
-            limiter: self.shared.limiter.as_ref(),
-            buffers: &mut self.buffers,
-            draining: false,
-            worker: self.id,
+        let cx = Cx::new(
+            &self.shared,
+            &mut self.buffers,
+            self.now,
+            false,
+            self.id,
             key,
-        };
+        );
         entry.insert(Connection::new(generation, stream, peer, &cx));
         self.shared.open_connections.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.connection_opened();
