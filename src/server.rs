@@ -132,9 +132,12 @@ impl Server {
             server.wakers.push(waker);
             server.workers.push(handle);
         }
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let backends = shared.pool.snapshot().len();
         info!(
-            "spoke listening on {proxy_addr} with {workers} workers, admin on {admin_addr}, {} backends",
-            shared.pool.snapshot().len()
+            "spoke listening on {proxy_addr} with {workers} worker{}, admin on {admin_addr}, {backends} backend{}",
+            plural(workers),
+            plural(backends)
         );
         Ok(server)
     }

@@ -51,7 +51,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::event::Event;
 use mio::net::TcpStream;
 
@@ -422,7 +422,10 @@ impl Connection {
         match self.phase {
             Phase::Idle | Phase::Closing { .. } | Phase::Answering { .. } => Next::Close,
             Phase::ReadingHead => {
-                debug!("w{} c{}: request head timed out", cx.worker, cx.key);
+                info!(
+                    "w{} c{}: request head not complete in time, 408",
+                    cx.worker, cx.key
+                );
                 self.respond(Answer::RequestTimeout, cx)
             }
             Phase::Connecting => {
@@ -438,7 +441,7 @@ impl Connection {
             }
             Phase::Proxying if self.ex.response_started => Next::Close,
             Phase::Proxying if self.ex.upload != Half::Done => {
-                debug!("w{} c{}: request body stalled", cx.worker, cx.key);
+                info!("w{} c{}: request body stalled, 408", cx.worker, cx.key);
                 self.respond(Answer::RequestTimeout, cx)
             }
             Phase::Proxying => {
@@ -528,7 +531,12 @@ impl Connection {
                 if let Some(limiter) = cx.limiter {
                     let decision = limiter.check(self.peer.ip(), cx.now);
                     if let Decision::Limit { retry_after_secs } = decision {
-                        debug!("w{} c{}: rate limited, 429", cx.worker, cx.key);
+                        info!(
+                            "w{} c{}: {} over the rate limit, 429",
+                            cx.worker,
+                            cx.key,
+                            self.peer.ip()
+                        );
                         return Step::Yield(self.respond_with(
                             Answer::TooManyRequests,
                             Some(retry_after_secs),
@@ -542,7 +550,12 @@ impl Connection {
             Ok(None) if moved => Step::Progress,
             Ok(None) => Step::Blocked,
             Err(error) => {
-                debug!("w{} c{}: bad request: {error:?}", cx.worker, cx.key);
+                info!(
+                    "w{} c{}: {error}, {}",
+                    cx.worker,
+                    cx.key,
+                    error.answer().status()
+                );
                 // Nothing of this request may reach a backend, and what follows it on
                 // the connection cannot be trusted: answer and close.
                 self.ex.keep_alive = false;
@@ -936,7 +949,7 @@ impl Connection {
                 Next::Close
             }
             Fault::BadRequestBody(why) if !self.ex.response_started => {
-                debug!("w{} c{}: bad request body: {why}", cx.worker, cx.key);
+                info!("w{} c{}: bad request body ({why}), 400", cx.worker, cx.key);
                 self.ex.keep_alive = false;
                 self.respond(Answer::BadRequest, cx)
             }
