@@ -600,10 +600,9 @@ impl Worker {
             let Some(conn) = self.clients.get_mut(entry.key) else {
                 continue;
             };
-            if conn.generation != entry.generation || conn.queued != Some(entry.at) {
-                continue; // For a closed connection, or superseded by an earlier entry.
+            if !entry.claim(conn.generation, &mut conn.queued) {
+                continue;
             }
-            conn.queued = None;
             match conn.deadline {
                 Some(at) if at <= self.now => {
                     let mut cx = Cx::new(
@@ -627,10 +626,9 @@ impl Worker {
         let Some(up) = self.upstreams.get_mut(entry.key) else {
             return;
         };
-        if up.generation != entry.generation || up.queued != Some(entry.at) {
+        if !entry.claim(up.generation, &mut up.queued) {
             return;
         }
-        up.queued = None;
         match up.deadline {
             Some(at) if at <= self.now && up.owner.is_none() => self.drop_idle(entry.key),
             Some(_) => self.arm_upstream_timer(entry.key),

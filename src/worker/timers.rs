@@ -32,6 +32,19 @@ pub struct Entry {
     pub generation: u32,
 }
 
+impl Entry {
+    /// True when this popped entry still speaks for its connection: same generation
+    /// (the slot was not reused) and the entry `arm` last queued (not one superseded
+    /// by an earlier deadline). Then `queued` is cleared, since nothing is queued now.
+    pub fn claim(&self, generation: u32, queued: &mut Option<Instant>) -> bool {
+        let current = generation == self.generation && *queued == Some(self.at);
+        if current {
+            *queued = None;
+        }
+        current
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<Entry>>,
@@ -98,6 +111,22 @@ mod tests {
         assert_eq!(queued, at(20));
         assert_eq!(timers.heap.len(), 2);
         assert_eq!(timers.next_deadline(), at(20));
+    }
+
+    #[test]
+    fn only_the_current_entry_claims_its_connection() {
+        let now = Instant::now();
+        let mut timers = Timers::default();
+        let mut queued = None;
+        timers.arm(Slot::Client, 4, 9, Some(now), &mut queued);
+        let entry = timers.pop_due(now).expect("due");
+        assert!(
+            !entry.claim(10, &mut queued),
+            "a reused slot has another generation"
+        );
+        assert!(entry.claim(9, &mut queued));
+        assert_eq!(queued, None);
+        assert!(!entry.claim(9, &mut queued), "claimed once");
     }
 
     #[test]
