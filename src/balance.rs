@@ -265,18 +265,14 @@ fn neg_log2(h: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendSpec, BackendUrl, Strategy};
+    use crate::config::{BackendSpec, Strategy};
     use crate::pool::Pool;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn spec(port: u16, weight: u32) -> BackendSpec {
         BackendSpec {
-            url: BackendUrl {
-                text: format!("http://127.0.0.1:{port}"),
-                host: "127.0.0.1".into(),
-                port,
-            },
             weight,
+            ..BackendSpec::local(port)
         }
     }
 

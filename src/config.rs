@@ -61,6 +61,22 @@ pub struct BackendSpec {
     pub weight: u32,
 }
 
+#[cfg(test)]
+impl BackendSpec {
+    /// `http://127.0.0.1:<port>` with weight 1, for the unit tests of the modules
+    /// that build pools.
+    pub(crate) fn local(port: u16) -> BackendSpec {
+        BackendSpec {
+            url: BackendUrl {
+                text: format!("http://127.0.0.1:{port}"),
+                host: "127.0.0.1".into(),
+                port,
+            },
+            weight: 1,
+        }
+    }
+}
+
 /// The validated configuration. Field meanings are in the README's table.
 #[derive(Clone, Debug)]
 pub struct Config {

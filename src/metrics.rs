@@ -467,18 +467,7 @@ pub fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendSpec, BackendUrl};
-
-    fn spec(port: u16) -> BackendSpec {
-        BackendSpec {
-            url: BackendUrl {
-                text: format!("http://127.0.0.1:{port}"),
-                host: "127.0.0.1".into(),
-                port,
-            },
-            weight: 1,
-        }
-    }
+    use crate::config::BackendSpec;
 
     #[test]
     fn histogram_buckets_are_le_and_cumulative() {
@@ -568,7 +557,7 @@ mod tests {
 
     #[test]
     fn render_has_every_family_with_help_and_type() {
-        let pool = Pool::new(&[spec(1), spec(2)]);
+        let pool = Pool::new(&[BackendSpec::local(1), BackendSpec::local(2)]);
         let metrics = Metrics::new();
         let backend = pool.snapshot()[0].clone();
         backend.count_response(200);

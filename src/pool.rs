@@ -375,20 +375,9 @@ impl Pool {
 mod tests {
     use super::*;
 
-    fn spec(port: u16) -> BackendSpec {
-        BackendSpec {
-            url: BackendUrl {
-                text: format!("http://127.0.0.1:{port}"),
-                host: "127.0.0.1".into(),
-                port,
-            },
-            weight: 1,
-        }
-    }
-
     #[test]
     fn in_flight_guard_counts_up_and_down() {
-        let pool = Pool::new(&[spec(1)]);
+        let pool = Pool::new(&[BackendSpec::local(1)]);
         let backend = pool.snapshot()[0].clone();
         let a = backend.start_request();
         let b = backend.start_request();
@@ -400,17 +389,17 @@ mod tests {
 
     #[test]
     fn sticky_id_is_fixed_by_the_url() {
-        let a = Backend::new(1, &spec(8080), true);
-        let again = Backend::new(7, &spec(8080), false);
-        let other = Backend::new(1, &spec(8081), true);
+        let a = Backend::new(1, &BackendSpec::local(8080), true);
+        let again = Backend::new(7, &BackendSpec::local(8080), false);
+        let other = Backend::new(1, &BackendSpec::local(8081), true);
         assert_eq!(a.sticky_id, again.sticky_id, "same URL, same id");
         assert_ne!(a.sticky_id, other.sticky_id);
         // The value itself is part of the contract with clients holding cookies.
         assert_eq!(format!("{:016x}", a.sticky_id), "deb0eaf72f32054b");
         // Two pools built apart agree, and find backends by it.
         let (p, q) = (
-            Pool::new(&[spec(1), spec(2)]),
-            Pool::new(&[spec(2), spec(1)]),
+            Pool::new(&[BackendSpec::local(1), BackendSpec::local(2)]),
+            Pool::new(&[BackendSpec::local(2), BackendSpec::local(1)]),
         );
         let (p, q) = (p.snapshot(), q.snapshot());
         let id = p[0].sticky_id;
@@ -426,7 +415,7 @@ mod tests {
             .map(|(i, &weight)| {
                 let spec = BackendSpec {
                     weight,
-                    ..spec(i as u16 + 1)
+                    ..BackendSpec::local(i as u16 + 1)
                 };
                 Arc::new(Backend::new(i as u64, &spec, true))
             })
@@ -452,9 +441,9 @@ mod tests {
 
     #[test]
     fn snapshot_changes_with_add_and_remove() {
-        let pool = Pool::new(&[spec(1)]);
+        let pool = Pool::new(&[BackendSpec::local(1)]);
         let before = pool.snapshot();
-        pool.add(&spec(2)).unwrap();
+        pool.add(&BackendSpec::local(2)).unwrap();
         assert_eq!(pool.snapshot().schedule(), [0, 1]);
         pool.remove("http://127.0.0.1:1").unwrap();
         assert_eq!(pool.snapshot().schedule(), [0]);
@@ -466,10 +455,13 @@ mod tests {
 
     #[test]
     fn add_refuses_duplicates_and_remove_marks_removed() {
-        let pool = Pool::new(&[spec(1)]);
+        let pool = Pool::new(&[BackendSpec::local(1)]);
         let v0 = pool.version();
-        assert_eq!(pool.add(&spec(1)).unwrap_err(), PoolError::Duplicate);
-        let added = pool.add(&spec(2)).unwrap();
+        assert_eq!(
+            pool.add(&BackendSpec::local(1)).unwrap_err(),
+            PoolError::Duplicate
+        );
+        let added = pool.add(&BackendSpec::local(2)).unwrap();
         assert!(!added.is_alive(), "added backends wait for a passing check");
         assert_ne!(pool.version(), v0);
         let removed = pool.remove("http://127.0.0.1:1").unwrap();
@@ -482,7 +474,7 @@ mod tests {
     #[test]
     fn errors_are_counted_by_kind_and_in_failures() {
         use crate::metrics::UpstreamError;
-        let pool = Pool::new(&[spec(1)]);
+        let pool = Pool::new(&[BackendSpec::local(1)]);
         let backend = pool.snapshot()[0].clone();
         backend.count_error(UpstreamError::Refused);
         backend.count_error(UpstreamError::Refused);

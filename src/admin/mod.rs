@@ -307,7 +307,7 @@ mod tests {
     use super::routes::{authorized, constant_time_eq, status};
     use super::wire::{body_length, ends_head, percent_decode, query_param, ReadFailure, Request};
     use super::*;
-    use crate::config::{BackendSpec, BackendUrl};
+    use crate::config::BackendSpec;
 
     fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> Request {
         Request {
@@ -322,14 +322,7 @@ mod tests {
     }
 
     fn state(token: Option<&str>) -> (AdminState, crossbeam_channel::Receiver<HealthEvent>) {
-        let spec = BackendSpec {
-            url: BackendUrl {
-                text: "http://127.0.0.1:1".into(),
-                host: "127.0.0.1".into(),
-                port: 1,
-            },
-            weight: 1,
-        };
+        let spec = BackendSpec::local(1);
         let (tx, rx) = crossbeam_channel::unbounded();
         let pool = Arc::new(Pool::new(&[spec]));
         let state = AdminState::new(pool, Arc::new(Metrics::new()), tx, token.map(String::from));
