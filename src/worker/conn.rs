@@ -547,7 +547,9 @@ impl Connection {
                 Step::Yield(Next::Connect)
             }
             Ok(None) if self.client_eof => Step::Yield(Next::Close),
-            Ok(None) if moved => Step::Progress,
+            // Come back only if the socket may hold more now; otherwise the next
+            // event brings the bytes (re-parsing the same partial head is wasted work).
+            Ok(None) if moved && self.ready.readable => Step::Progress,
             Ok(None) => Step::Blocked,
             Err(error) => {
                 info!(
