@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_backend_url, BackendSpec};
 use crate::health::HealthEvent;
+use crate::http::head::trim_ows;
 use crate::metrics;
 use crate::pool::{Backend, Pool, PoolError};
 
@@ -56,22 +57,11 @@ pub(super) fn authorized(request: &Request, token: Option<&str>) -> bool {
     };
     // `Bearer <token>`; the scheme is case-insensitive (RFC 9110 section 11.1), the
     // token is not.
-    let value = trim(value);
+    let value = trim_ows(value);
     if value.len() < 7 || !value[..6].eq_ignore_ascii_case(b"Bearer") || value[6] != b' ' {
         return false;
     }
-    constant_time_eq(trim(&value[7..]), token.as_bytes())
-}
-
-/// `bytes` without leading and trailing spaces and tabs.
-pub(super) fn trim(bytes: &[u8]) -> &[u8] {
-    let blank = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !blank(b))
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
+    constant_time_eq(trim_ows(&value[7..]), token.as_bytes())
 }
 
 /// Compares without stopping at the first difference, so the time taken does not
