@@ -39,8 +39,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, tick, unbounded, Receiver, Sender};
 use log::{debug, info, warn};
 
+use crate::backend::{Backend, CheckRecord};
 use crate::config::Config;
-use crate::pool::{Backend, Pool};
+use crate::pool::Pool;
 
 /// The shortest round interval: a zero frequency would make the ticker spin.
 const MIN_FREQUENCY: Duration = Duration::from_millis(10);
@@ -62,19 +63,6 @@ pub enum HealthEvent {
     Added(Arc<Backend>),
     /// A backend was removed from the pool: stop checking it.
     Removed(Arc<Backend>),
-}
-
-/// The outcome of one active check, kept on the backend for /status.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckRecord {
-    /// True when the check passed.
-    pub passed: bool,
-    /// Why it failed (`connection refused`, `timed out`, `status 503`...).
-    pub reason: Option<String>,
-    /// When it finished.
-    pub at: Instant,
-    /// How long it took.
-    pub took: Duration,
 }
 
 /// Consecutive results needed to flip a backend, taken from the configuration.

@@ -2,6 +2,18 @@
 //!
 //! # The crate at a glance
 //!
+//! The modules form layers: each imports only from the layers below it, so the crate
+//! can be read bottom up and no module needs another that needs it back.
+//!
+//! ```text
+//!   server                     binds the sockets, starts and stops every thread
+//!   worker   admin             the data plane (one per core) | the admin API (one thread)
+//!   balance  health  metrics   picking a backend | UP/DOWN | Prometheus text
+//!   pool                       the set of backends, a copy-on-write snapshot
+//!   backend                    one backend: fixed facts, live atomics, statistics
+//!   config  cli  http  hash  ratelimit     plain data and pure functions
+//! ```
+//!
 //! - [`cli`] and [`config`] turn the command line and `config.json` into a validated
 //!   [`config::Config`]; [`server`] binds the sockets and starts every thread.
 //! - [`worker`] is the data plane: one thread per core, each with its own `mio::Poll`,
@@ -9,8 +21,9 @@
 //!   machine is in [`worker::conn`].
 //! - [`http`] parses and rewrites request and response heads with `httparse` and
 //!   finds where bodies end (Content-Length, chunked, close-delimited).
-//! - [`pool`] holds the backends (a copy-on-write snapshot plus per-backend atomics);
-//!   [`balance`] picks one per request.
+//! - [`backend`] is one backend and its live state; [`pool`] holds them all (a
+//!   copy-on-write snapshot); [`balance`] picks one per request; [`hash`] is the fixed
+//!   hash that lets separate spoke processes agree on ip-hash and sticky ids.
 //! - [`health`] (one thread) checks backends and owns their UP/DOWN transitions;
 //!   [`admin`] (one thread) serves the admin API; [`metrics`] renders Prometheus text;
 //!   [`ratelimit`] keeps a token bucket per client address.
@@ -33,9 +46,11 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
+pub mod backend;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod hash;
 pub mod health;
 pub mod http;
 pub mod metrics;

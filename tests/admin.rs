@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 use serde_json::Value;
 use spoke::admin::{self, AdminHandle, AdminState};
+use spoke::backend::UpstreamError;
 use spoke::config::{BackendSpec, BackendUrl, Config};
 use spoke::health::{self, HealthEvent};
-use spoke::metrics::{Metrics, UpstreamError};
+use spoke::metrics::Metrics;
 use spoke::pool::Pool;
 
 struct Admin {

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Sender};
 use log::Level;
+use spoke::backend::Backend;
 use spoke::config::{BackendSpec, BackendUrl, Config};
 use spoke::health::{self, HealthEvent, HealthHandle};
-use spoke::pool::{Backend, Pool};
+use spoke::pool::Pool;
 
 // ---- captured logs ----
 

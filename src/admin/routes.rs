@@ -7,11 +7,12 @@ use std::time::Duration;
 use log::{error, info};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
 use crate::config::{parse_backend_url, BackendSpec};
 use crate::health::HealthEvent;
 use crate::http::head::trim_ows;
 use crate::metrics;
-use crate::pool::{Backend, Pool, PoolError};
+use crate::pool::{Pool, PoolError};
 
 use super::wire::{query_param, Request, Response};
 use super::AdminState;

@@ -7,7 +7,7 @@
 //! backend was down), [`response::parse_response`](super::response::parse_response)
 //! appends a `Set-Cookie` (`write_set_cookie`) so the client is pinned from then on.
 //!
-//! The value is a [`Backend::sticky_id`](crate::pool::Backend::sticky_id) written as
+//! The value is a [`Backend::sticky_id`](crate::backend::Backend::sticky_id) written as
 //! exactly 16 lowercase hex digits. Cookies pass to the backend unchanged either way;
 //! nothing here allocates.
 

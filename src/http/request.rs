@@ -124,7 +124,7 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// `Connection: upgrade` and an `Upgrade` header, in HTTP/1.1.
     pub upgrade: bool,
-    /// The backend id ([`Backend::sticky_id`](crate::pool::Backend::sticky_id)) in the
+    /// The backend id ([`Backend::sticky_id`](crate::backend::Backend::sticky_id)) in the
     /// sticky cookie, when one is configured and the request carries it with a
     /// well-formed value. It may name a backend that is gone: the worker checks.
     pub sticky: Option<u64>,

@@ -55,14 +55,14 @@ use log::{debug, info, warn};
 use mio::event::Event;
 use mio::net::TcpStream;
 
+use crate::backend::{Backend, InFlight, UpstreamError};
 use crate::config::Config;
 use crate::health::HealthEvent;
 use crate::http::answers::{render, render_too_many_requests, Answer};
 use crate::http::request::{parse_request, Forwarding, Method};
 use crate::http::response::{parse_response, ResponseContext};
 use crate::http::BodyFraming;
-use crate::metrics::{Metrics, UpstreamError};
-use crate::pool::{Backend, InFlight};
+use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, RateLimiter};
 use crate::worker::buffer::{Buffer, BufferPool};
 

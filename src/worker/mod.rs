@@ -50,12 +50,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Waker};
 use slab::Slab;
 
+use crate::backend::Backend;
 use crate::balance::LoadBalancer;
 use crate::config::Config;
 use crate::health::HealthEvent;
 use crate::http::answers::Answer;
 use crate::metrics::Metrics;
-use crate::pool::{Backend, Pool, Snapshot};
+use crate::pool::{Pool, Snapshot};
 use crate::ratelimit::RateLimiter;
 use buffer::BufferPool;
 use conn::{Connection, Cx, Next, Phase, Upstream};

@@ -18,8 +18,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use spoke::backend::Backend;
 use spoke::config::Config;
-use spoke::pool::{Backend, Pool};
+use spoke::pool::Pool;
 use spoke::server::Server;
 
 /// How long a client waits for any single read or write before the test fails.
